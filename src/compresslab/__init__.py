@@ -1,0 +1,3 @@
+"""compresslab: Hydra-configured experiments on neural-network compression."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,75 @@
+"""Portable model checkpoints: a state_dict plus what it takes to rebuild and check the model.
+
+Loaded with `weights_only=True`, so a checkpoint can never run code; everything in it is tensors
+and plain values. A checkpoint for another architecture or dataset is refused, not half-loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compresslab.errors import CheckpointError
+from compresslab.models import build_model
+
+FORMAT = "compresslab.model/1"
+
+
+def save_model(path: Path, model: nn.Module, model_cfg: dict, input_shape, num_classes: int,
+               data: str, metrics: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "model": dict(model_cfg), "input_shape": list(input_shape),
+               "num_classes": int(num_classes), "data": data, "metrics": dict(metrics or {}),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_model(path: Path, input_shape=None, num_classes: int | None = None, data: str | None = None,
+               model_cfg: dict | None = None, role: str = "checkpoint") -> tuple[nn.Module, dict]:
+    """Rebuild the model stored at `path`; every expectation given is checked against it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{role} {path} does not exist; give the path of a model.pt written "
+                              "by a compresslab job, or leave it unset to train one")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{role} {path} is corrupt or not a torch file "
+                              f"({str(e).splitlines()[0]}); delete it and train it again") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{role} {path} is not a compresslab model checkpoint "
+                              f"(expected format {FORMAT}); use the model.pt a compresslab job wrote")
+    mismatches = []
+    if data is not None and payload["data"] != data:
+        mismatches.append(f"dataset {payload['data']!r}, not {data!r}")
+    if input_shape is not None and list(input_shape) != payload["input_shape"]:
+        mismatches.append(f"input shape {tuple(payload['input_shape'])}, not {tuple(input_shape)}")
+    if num_classes is not None and payload["num_classes"] != num_classes:
+        mismatches.append(f"{payload['num_classes']} classes, not {num_classes}")
+    if model_cfg is not None and _arch(payload["model"]) != _arch(model_cfg):
+        mismatches.append(f"model {_arch(payload['model'])}, not {_arch(model_cfg)}")
+    if mismatches:
+        raise CheckpointError(f"{role} {path} was trained for {'; '.join(mismatches)}; "
+                              "point it at a checkpoint of this model and dataset")
+    model = build_model(payload["model"], payload["input_shape"], payload["num_classes"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{role} {path} does not fit its own model config "
+                              f"({str(e).splitlines()[0]})") from e
+    return model, payload
+
+
+def _arch(model_cfg: dict) -> dict:
+    """The keys that decide the parameter shapes (dropout does not)."""
+    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(model_cfg).items()
+            if k not in ("name", "dropout", "input_dropout")}

@@ -1,0 +1,112 @@
+"""One job: compose -> data -> method -> result.json (+ W&B run), whatever happens in between.
+
+A job never raises: a bad config value, data file or checkpoint, a NaN loss or a bug all end in a
+`status: failed` record with a one-line error, so the other jobs of a sweep go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from compresslab import checks, results
+from compresslab.data import TensorDataModule
+from compresslab.errors import CompresslabError, ConfigError
+from compresslab.loggers import finish, job_loggers
+from compresslab.methods import RUNNERS
+
+log = logging.getLogger(__name__)
+# Lightning's start-up banners (GPU/TPU availability, tips) say nothing about the job.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*(LeafSpec|does not have many workers|is deprecated).*")
+
+
+@dataclass
+class Job:
+    cfg: DictConfig
+    out_dir: Path
+    config: dict
+    dm: TensorDataModule | None = None
+    loggers: list = field(default_factory=list)
+
+
+def build_datamodule(cfg) -> TensorDataModule:
+    options = OmegaConf.to_container(cfg.data, resolve=True)
+    options.pop("_target_", None)
+    name = options.pop("name")
+    return TensorDataModule(name, seed=cfg.seed, **options)
+
+
+def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None,
+            run_name: str | None = None, group: str | None = None) -> dict:
+    out_dir = Path(out_dir)
+    started = time.time()
+    record = {"schema_version": results.SCHEMA_VERSION, "status": "failed", "error": None,
+              "config_hash": "", "overrides": list(overrides or []), "seed": -1,
+              "data": str(cfg.data.get("name", "?")), "model": str(cfg.model.get("name", "?")),
+              "method": str(cfg.method.get("name", "?")), "metrics": {}, "paths": {"checkpoint": None},
+              "versions": versions(),
+              "job": {"output_dir": str(out_dir), "host": socket.gethostname(), "started": started}}
+    job = Job(cfg, out_dir, {})
+    try:
+        try:
+            job.config = OmegaConf.to_container(cfg, resolve=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"the config does not resolve: {str(e).splitlines()[0]}") from e
+        job.config.pop("hydra", None)
+        record["config_hash"] = results.config_hash(job.config)
+        record["config"] = job.config
+        record["seed"] = checks.number(cfg.seed, "seed", integer=True)
+        kind = checks.choice(cfg.method.kind, "method.kind", RUNNERS)
+        runner = RUNNERS[kind]
+        if cfg.get("threads"):
+            torch.set_num_threads(checks.number(cfg.threads, "threads", lo=1, integer=True))
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        job.dm = build_datamodule(cfg)
+        runner.check(cfg)
+        job.dm.setup()
+        job.loggers = job_loggers(cfg, out_dir, job.config, run_name or out_dir.name, group)
+        metrics, paths = runner.run(job)
+        record.update(status="ok", metrics=metrics, paths={**record["paths"], **paths})
+    except CompresslabError as e:
+        record["error"] = str(e)
+        log.error("job failed: %s", e)
+    except Exception as e:  # noqa: BLE001 - a bug must not take the sweep down; its traceback is logged
+        record["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+        log.exception("job failed with an unexpected error")
+    finally:
+        record["job"]["wall_time_s"] = time.time() - started
+        try:
+            wandb_dir = finish(job.loggers, record)
+        except Exception as e:  # noqa: BLE001 - a logging failure must not lose the record
+            log.warning("closing the W&B run failed: %s", e)
+            wandb_dir = None
+        record["paths"]["wandb"] = wandb_dir
+        results.write(out_dir, record)
+    return record
+
+
+def versions() -> dict:
+    import hydra
+    import pytorch_lightning
+    from importlib.metadata import PackageNotFoundError, version
+
+    def pkg(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {"torch": torch.__version__, "lightning": pytorch_lightning.__version__,
+            "hydra": hydra.__version__, "wandb": pkg("wandb"), "compresslab": pkg("compresslab"),
+            "python": platform.python_version()}

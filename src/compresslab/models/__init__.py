@@ -1,0 +1,36 @@
+"""Plain nn.Modules, built from a model config and the data's input shape and class count."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compresslab.errors import ConfigError
+from compresslab.models.lenet5 import LeNet5
+from compresslab.models.mlp import MLP
+from compresslab.models.mnist1d_cnn import MNIST1DCNN, MNIST1DGRU
+from compresslab.models.resnet import CifarResNet
+
+ARCHITECTURES = {"mlp": MLP, "lenet5": LeNet5, "mnist1d_cnn": MNIST1DCNN, "mnist1d_gru": MNIST1DGRU,
+                 "resnet": CifarResNet}
+
+
+def build_model(model_cfg, input_shape, num_classes: int) -> nn.Module:
+    """`model_cfg` is a mapping with `arch` plus that architecture's keyword arguments."""
+    options = dict(model_cfg)
+    arch = options.pop("arch", None)
+    options.pop("name", None)
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"model.arch={arch!r} is unknown; choose one of {sorted(ARCHITECTURES)}")
+    if "hidden" in options:
+        options["hidden"] = [int(w) for w in options["hidden"]]
+    try:
+        model = ARCHITECTURES[arch](tuple(input_shape), num_classes, **options)
+        with torch.no_grad():  # shapes the architecture cannot take fail here, not mid-training
+            model.eval()(torch.zeros(2, *input_shape))
+    except TypeError as e:
+        raise ConfigError(f"model {arch}: {e}") from e
+    except RuntimeError as e:
+        raise ConfigError(f"model {arch} cannot take inputs of shape {tuple(input_shape)}: "
+                          f"{str(e).splitlines()[0]}; pick a model that fits the data") from e
+    return model.train()

@@ -1,0 +1,82 @@
+"""The LightningModule every run trains with: cross-entropy classification of a plain nn.Module.
+
+Compressed fine-tuning and distillation subclass it and change only what differs (the loss, or a
+hook that keeps pruned weights at zero), so the optimiser, schedule and metrics stay one definition.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torchmetrics
+from torch import nn
+from torch.nn import functional as F
+
+from compresslab.errors import ConfigError
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self, model: nn.Module, num_classes: int, optimizer: dict, scheduler: dict | None = None,
+                 epochs: int = 1):
+        super().__init__()
+        self.model = model
+        self.optimizer_cfg = dict(optimizer)
+        self.scheduler_cfg = dict(scheduler or {"name": "none"})
+        self.epochs = epochs
+        self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
+        self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
+
+    def forward(self, x):
+        return self.model(x)
+
+    def loss(self, logits, x, y):
+        return F.cross_entropy(logits, y)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.loss(self(x), x, y)
+        # Logged without a metric object or sync: the raw loop this must keep pace with does neither.
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch, accuracy, stage):
+        x, y = batch
+        logits = self(x)
+        accuracy.update(logits, y)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
+        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val")
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, self.val_acc, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, self.test_acc, "test")
+
+    def configure_optimizers(self):
+        return build_optimizer(self.model.parameters(), self.optimizer_cfg, self.scheduler_cfg, self.epochs)
+
+
+def build_optimizer(params, optimizer: dict, scheduler: dict, epochs: int):
+    opt = dict(optimizer)
+    name = opt.pop("name", "adam")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer {name!r} is unknown; choose one of {sorted(OPTIMIZERS)}")
+    if opt.get("lr", 1e-3) <= 0:
+        raise ConfigError(f"optimizer lr={opt.get('lr')} must be positive")
+    if name != "sgd":
+        opt.pop("momentum", None)
+    optim = OPTIMIZERS[name](params, **opt)
+    sched = dict(scheduler)
+    kind = sched.pop("name", "none")
+    if kind in ("none", None):
+        return optim
+    if kind == "cosine":
+        lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=max(1, epochs))
+    elif kind == "step":
+        lr_sched = torch.optim.lr_scheduler.StepLR(optim, step_size=sched.get("step_size", 10),
+                                                   gamma=sched.get("gamma", 0.1))
+    else:
+        raise ConfigError(f"scheduler {kind!r} is unknown; choose none, cosine or step")
+    return {"optimizer": optim, "lr_scheduler": {"scheduler": lr_sched, "interval": "epoch"}}

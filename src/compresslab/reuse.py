@@ -1,0 +1,54 @@
+"""Train a model once, however many jobs ask for it: the baselines of compressed runs and the
+teachers of distillation runs.
+
+A model is keyed by the hash of the config that determines it (data, model, training recipe, seed).
+The first job to ask trains it under an exclusive file lock and publishes it by atomic rename; jobs
+asking meanwhile wait on the lock, then load the finished file. No job ever trains it twice or reads
+half a file. (flock is exact on one host; on a cluster, point paths.cache_dir at a file system with
+working POSIX locks, or train the baseline first.)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+
+
+def key_of(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_model_path(cache_dir: Path, kind: str, spec: dict) -> Path:
+    return Path(cache_dir) / kind / key_of(spec) / MODEL_FILE
+
+
+def trained_once(cache_dir: Path, kind: str, spec: dict, train: Callable[[Path], Path]) -> Path:
+    """Path of the model for `spec`, calling `train(directory)` (which must write MODEL_FILE there
+    atomically) only when no job has trained it yet."""
+    path = cached_model_path(cache_dir, kind, spec)
+    if path.is_file():
+        log.info("reusing %s %s", kind, path)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # blocks while another job trains this same model
+        try:
+            if path.is_file():
+                log.info("reusing %s %s (trained by a concurrent job)", kind, path)
+                return path
+            (path.parent / "spec.json").write_text(json.dumps(spec, indent=2, default=str))
+            log.info("training %s once for every job that needs it: %s", kind, path.parent)
+            train(path.parent)
+            if not path.is_file():
+                raise RuntimeError(f"training the {kind} wrote no {path}")
+            return path
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
