@@ -1,4 +1,4 @@
-# `make run`: set up and run the main job.  `make test`: set up and run the test suite.
+# `make run`: set up, fetch the data and run the demo study.  `make test`: set up and run the test suite.
 # GPU users pick their torch build: make setup TORCH='torch==2.11.0 --index-url https://download.pytorch.org/whl/cu128'
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,search]'
 	touch $@
 
 # Fashion-MNIST's offline source is Debian's package; best effort, as it needs root and apt.
@@ -26,10 +26,10 @@ data: setup fashion-mnist
 	$(PY) -m compresslab.data.prepare
 
 run: data
-	$(PY) -m compresslab.train
+	PY=$(PY) scripts/demo_study.sh
 
 test: setup fashion-mnist
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) outputs/runs outputs/multirun outputs/cache
+	rm -rf $(VENV) outputs/runs outputs/sweeps outputs/demo outputs/cache

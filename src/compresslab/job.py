@@ -47,6 +47,16 @@ def build_datamodule(cfg) -> TensorDataModule:
     return TensorDataModule(name, seed=cfg.seed, **options)
 
 
+def resolved_config(cfg: DictConfig) -> dict:
+    """The job's config as plain data, as hashed into `config_hash` (Hydra's own settings left out)."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"the config does not resolve: {str(e).splitlines()[0]}") from e
+    config.pop("hydra", None)
+    return config
+
+
 def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None,
             run_name: str | None = None, group: str | None = None) -> dict:
     out_dir = Path(out_dir)
@@ -59,11 +69,7 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None,
               "job": {"output_dir": str(out_dir), "host": socket.gethostname(), "started": started}}
     job = Job(cfg, out_dir, {})
     try:
-        try:
-            job.config = OmegaConf.to_container(cfg, resolve=True)
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"the config does not resolve: {str(e).splitlines()[0]}") from e
-        job.config.pop("hydra", None)
+        job.config = resolved_config(cfg)
         record["config_hash"] = results.config_hash(job.config)
         record["config"] = job.config
         record["seed"] = checks.number(cfg.seed, "seed", integer=True)
@@ -86,6 +92,7 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None,
         log.exception("job failed with an unexpected error")
     finally:
         record["job"]["wall_time_s"] = time.time() - started
+        record["job"]["threads"] = torch.get_num_threads()
         try:
             wandb_dir = finish(job.loggers, record)
         except Exception as e:  # noqa: BLE001 - a logging failure must not lose the record

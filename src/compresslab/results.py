@@ -17,7 +17,7 @@ SCHEMA_VERSION = 1
 FILENAME = "result.json"
 
 # Keys of the resolved config that say where things go or how they are shown, not what is computed.
-NON_RESULT_KEYS = ("paths", "logger", "hydra", "force")
+NON_RESULT_KEYS = ("paths", "logger", "hydra", "force", "objective")
 
 REQUIRED = {
     "schema_version": int, "status": str, "error": (str, type(None)), "config_hash": str,

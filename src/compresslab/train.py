@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -18,6 +19,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from compresslab import sweep
+from compresslab.sweep import scan
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 log = logging.getLogger("compresslab")
 
@@ -25,17 +29,25 @@ log = logging.getLogger("compresslab")
 _PROCESS_TAG = f"{os.getpid()}{secrets.token_hex(2)}"
 if not OmegaConf.has_resolver("unique"):
     OmegaConf.register_new_resolver("unique", lambda: _PROCESS_TAG)
+sweep.register_resolvers()
 
 _exit_code = 0
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def hydra_main(cfg: DictConfig) -> None:
-    from compresslab.job import run_job  # heavy imports after Hydra has parsed the command line
-
+def hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
+    if cfg.get("threads") is None:  # before torch is imported, so OpenMP starts capped too
+        share = sweep.thread_share(sweep.available_cores(), OmegaConf.to_container(hc.launcher))
+        if share:
+            sweep.cap_threads(share)
+    from compresslab.job import resolved_config, run_job  # heavy imports after Hydra parsed the command line
+
     multirun = hc.mode == RunMode.MULTIRUN
     out_dir = Path(hc.runtime.output_dir)
+    previous = _done_before(cfg, out_dir, resolved_config)
+    if previous:
+        return sweep.objective_value(previous, cfg.get("objective"))
     group = Path(hc.sweep.dir).name if multirun else None
     name = f"{cfg.method.name}-{hc.job.num}" if multirun else out_dir.name
     record = run_job(cfg, out_dir, list(hc.overrides.task), run_name=name, group=group)
@@ -46,10 +58,43 @@ def hydra_main(cfg: DictConfig) -> None:
         log.info("ok: test_acc=%.4f -> %s", m.get("test_acc", float("nan")), where)
     else:
         print(f"compresslab: job failed: {record['error']} (record: {where})", file=sys.stderr)
+    return sweep.objective_value(record, cfg.get("objective"))  # what a search sweeper optimizes
+
+
+def _done_before(cfg: DictConfig, out_dir: Path, resolved_config) -> dict | None:
+    """The ok record an earlier run of this sweep left in `out_dir` for this very config; else
+    None, after readying the dir (resume an interrupted attempt, clear a failed one)."""
+    from compresslab import results
+    from compresslab.errors import ConfigError
+
+    try:
+        config_hash = results.config_hash(resolved_config(cfg))
+    except ConfigError:
+        return None  # the job itself records why the config is unusable
+    force = bool(cfg.get("force"))
+    previous = None if force else sweep.previous_ok(out_dir, config_hash)
+    if previous:
+        log.info("skipped: already ok for this config (force=true redoes it) -> %s", out_dir)
+        return previous
+    if sweep.prepare_attempt(out_dir, config_hash, force) == "resume":
+        log.info("resuming the interrupted attempt from its checkpoints in %s", out_dir)
+    return None
 
 
 class Summary(Callback):
-    """Counts the records of the run or sweep and sets the process's exit status."""
+    """Checks the output dir up front; afterwards counts the records of the run or sweep and sets
+    the process's exit status."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _require_writable(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.started = time.time()  # records older than this are jobs an earlier run finished
+        _require_writable(config.hydra.sweep.dir)
+        sweep.resolve_names_before_launch(config)
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         self._summarize(Path(config.hydra.runtime.output_dir), sweep=False)
@@ -58,27 +103,37 @@ class Summary(Callback):
         self._summarize(Path(config.hydra.sweep.dir), sweep=True)
 
     def _summarize(self, root: Path, sweep: bool) -> None:
-        from compresslab import results
-
         global _exit_code
-        records = sorted(root.rglob(results.FILENAME)) if root.exists() else []
-        failed = []
-        for path in records:
-            try:
-                if results.read(path)["status"] != "ok":
-                    failed.append(path.parent)
-            except results.SchemaError:
-                failed.append(path.parent)
+        found = scan([root]) if root.exists() else scan([])
+        bad = len(found.failed) + len(found.missing) + len(found.unreadable) + len(found.newer)
         if sweep:
-            print(f"compresslab: sweep {root}: {len(records)} jobs, {len(records) - len(failed)} ok, "
-                  f"{len(failed)} failed" + "".join(f"\n  failed: {d}" for d in failed))
-        elif not failed and records:
-            rec = results.read(records[0])
-            print(f"compresslab: done. result: {records[0]}\n"
+            kept = sum(r.get("job", {}).get("started", 0) < self.started for r in found.ok)
+            total = len(found.records) + len(found.missing) + len(found.unreadable) + len(found.newer)
+            lines = [f"compresslab: sweep {root}: {total} jobs, {len(found.ok)} ok"
+                     f"{f' ({kept} skipped: done before)' if kept else ''}, {bad} failed"]
+            lines += [f"  failed: {r['_dir']}: {r['error']}" for r in found.failed]
+            lines += [f"  no result (interrupted?): {d}" for d in found.missing]
+            lines += [f"  unreadable: {e}" for e in found.unreadable + found.newer]
+            print("\n".join(lines))
+        elif not bad and found.records:
+            rec = found.records[0]
+            print(f"compresslab: done. result: {rec['_dir']}/result.json\n"
                   f"  checkpoint: {rec['paths'].get('checkpoint')}\n"
                   f"  W&B run (offline; `wandb sync` uploads it): {rec['paths'].get('wandb')}")
-        if failed or not records:
+        if bad or not found.records:
             _exit_code = 1
+
+
+def _require_writable(directory: str) -> None:
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        probe = Path(directory) / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        print(f"compresslab: cannot write the output dir {directory} ({e.strerror or e}); set "
+              "paths.output_dir (or COMPRESSLAB_ROOT) to a writable directory", file=sys.stderr)
+        sys.exit(2)
 
 
 def main() -> None:

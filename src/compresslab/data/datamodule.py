@@ -14,6 +14,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from compresslab import checks
 from compresslab.data.sources import Arrays, load
 from compresslab.errors import ConfigError
 
@@ -33,11 +34,15 @@ def random_shift(x: torch.Tensor, max_px: int, generator: torch.Generator | None
 
 
 class TensorBatches:
-    """An iterable of (x, y) batches over in-memory tensors; a fresh seeded shuffle each pass."""
+    """An iterable of (x, y) batches over in-memory tensors; a fresh seeded shuffle each pass.
+
+    With `extra` (a tensor aligned with x, e.g. a teacher's precomputed logits) batches are
+    (x, y, extra); it describes the unaugmented inputs."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, shift_px: int = 0, rank: int = 0, world_size: int = 1):
-        self.x, self.y = x, y
+                 seed: int = 0, shift_px: int = 0, rank: int = 0, world_size: int = 1,
+                 extra: torch.Tensor | None = None):
+        self.x, self.y, self.extra = x, y, extra
         self.batch_size, self.shuffle, self.shift_px = batch_size, shuffle, shift_px
         self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
@@ -52,10 +57,14 @@ class TensorBatches:
             order = order[self.rank::self.world_size].to(self.x.device)
             for start in range(0, len(order), self.batch_size):
                 idx = order[start:start + self.batch_size]
-                yield self._augment(self.x[idx]), self.y[idx]
+                yield self._augment(self.x[idx]), self.y[idx], *self._extra(idx)
         else:  # plain slices are views: evaluation batches cost no copy
             for start in range(0, n, self.batch_size):
-                yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+                part = slice(start, start + self.batch_size)
+                yield self.x[part], self.y[part], *self._extra(part)
+
+    def _extra(self, idx) -> tuple:
+        return () if self.extra is None else (self.extra[idx],)
 
     def _augment(self, x):
         return random_shift(x, self.shift_px, self.generator) if self.shift_px else x
@@ -100,10 +109,10 @@ class TensorDataModule(pl.LightningDataModule):
                  cv: dict | None = None, max_train: int | None = None, max_test: int | None = None,
                  shift_px: int = 0, on_device: bool = True, seed: int = 0, **source_options):
         super().__init__()
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ConfigError(f"data.batch_size={batch_size} must be a positive integer")
-        if not 0 <= val_fraction < 1:
-            raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+        checks.number(batch_size, "data.batch_size", lo=1, integer=True)
+        checks.number(eval_batch_size, "data.eval_batch_size", lo=1, integer=True)
+        checks.number(val_fraction, "data.val_fraction", lo=0, hi=1, hi_open=True)
+        checks.number(shift_px, "data.shift_px", lo=0, integer=True)
         self.name, self.data_dir = name, Path(data_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed = val_fraction, split_seed
@@ -112,6 +121,9 @@ class TensorDataModule(pl.LightningDataModule):
         self.shift_px, self.on_device, self.seed = shift_px, on_device, seed
         self.source_options = source_options
         self.arrays: Arrays | None = None
+        # Optional per-sample tensor aligned with x_train, yielded as a third batch element
+        # (distillation sets its teacher's logits here for the duration of a fit).
+        self.train_extra: torch.Tensor | None = None
 
     # Loaded eagerly by the job (it needs shapes to build the model); Lightning's call is then a no-op.
     def setup(self, stage: str | None = None) -> None:
@@ -160,8 +172,10 @@ class TensorDataModule(pl.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if x.device != device:  # once per loader; subsequent epochs reuse the device copies
             x, y = x.to(device), y.to(device)
+        extra = self.train_extra.to(device) if train and self.train_extra is not None else None
         return TensorBatches(x, y, batch_size, shuffle=train, seed=self.seed,
-                             shift_px=self.shift_px if train else 0, rank=rank, world_size=world)
+                             shift_px=self.shift_px if train else 0, rank=rank, world_size=world,
+                             extra=extra)
 
     def train_dataloader(self):
         return self._batches(self.x_train, self.y_train, self.batch_size, train=True)
