@@ -1,0 +1,222 @@
+"""`CompressionCallback`: compress a model while Lightning trains it, and keep it compressed.
+
+It works with any LightningModule whose `.model` is the nn.Module to compress (the classifier, a
+distillation student, ...). Usage::
+
+    from compresslab.compression import CompressionCallback
+    cb = CompressionCallback(cfg.method)            # the flat method config (conf/method/*.yaml)
+    trainer = make_trainer(cfg, out_dir, epochs, callbacks=[cb])   # or training.fit(..., callbacks=[cb])
+    trainer.fit(module, datamodule=dm)
+    # module.model is now compressed at the configured targets; cb.history says when what happened.
+
+What it does:
+- The fit's epochs are split evenly among the transforms of `method.pipeline` (or of `transforms=`);
+  each transform starts at the first step of its share (prune then quantize = Deep Compression).
+- clip: one shot. prune: `schedule=oneshot`, `iterative` (`rounds` prune steps evenly from the start
+  of the share to `prune_end` of it, each round removing the same fraction of what is left), or
+  `gradual` (Zhu & Gupta's cubic schedule, masks updated every `prune_every` steps from `prune_start`
+  until `prune_end` of the share). After `prune_end` the pruned model recovers at its final sparsity.
+- quantize: with `qat=true` the forward pass sees the quantized weights and the gradient updates the
+  float (latent) weights (straight-through estimator; for kmeans, each weight keeps its cluster and
+  the centroid follows the cluster's mean); with `qat=false` the share trains in float and the
+  weights are quantized at its end.
+- Zeros stay zero: every pruned/clipped weight (and every weight already zero when a stage starts)
+  is re-zeroed after every optimizer step.
+- When the fit ends, every transform not reached yet is applied at its final target, and the
+  quantized weights are written back onto their grid, so the module is left compressed and plain
+  (no hooks, no extra parameters: its state_dict keys never change).
+
+`apply_all(model)` applies the whole pipeline at once, without training (fine-tuning of 0 epochs).
+The callback keeps its state in memory: resuming a fit from a Lightning checkpoint is not supported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from compresslab.compression import functional as F
+from compresslab.compression.config import parse
+from compresslab.compression.transforms import (apply_masks_, clip_, nonzero_masks, prune_, quantization_of,
+                                                quantize_, requantize, targets)
+from compresslab.compression.verify import achieved_sparsity
+from compresslab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class CompressionCallback(Callback):
+    def __init__(self, method_cfg, transforms=None):
+        self.config = parse(method_cfg)
+        self.transforms = list(transforms or self.config.pipeline)
+        self.masks: dict[str, torch.Tensor] = {}
+        self.qat_specs: dict = {}       # quantization being fine-tuned (latent weights in float)
+        self._latent: dict[str, torch.Tensor] = {}
+        self.history: list[dict] = []   # {step, transform, target, sparsity}: what was applied when
+        self._begun: set[int] = set()
+        self._finished: set[int] = set()
+        self.model = None
+
+    # -- whole pipeline, no training ---------------------------------------------------------
+    def apply_all(self, model) -> None:
+        """Apply every transform of the pipeline at its final target, now."""
+        self.model = model
+        for i in range(len(self.transforms)):
+            self._begin(i, step=0, stage_steps=0)
+        self._finish_all()
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module):
+        self.model = pl_module.model
+        spe = int(trainer.num_training_batches) if math.isfinite(trainer.num_training_batches) else 0
+        n, epochs = len(self.transforms), max(1, trainer.max_epochs or 1)
+        starts = [i * epochs // n * spe for i in range(n)] + [epochs * spe]
+        self._bounds = list(zip(starts[:-1], starts[1:]))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = trainer.global_step
+        active = max(i for i, (start, _) in enumerate(self._bounds) if start <= step)
+        for i in range(active + 1):
+            if i not in self._begun:
+                start, end = self._bounds[i]
+                if i < active:
+                    self._begin(i, step, 0)
+                    self._finish(i)
+                else:
+                    self._begin(i, step, end - start)
+        self._scheduled_prune(active, step)
+        self._swap_in()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self._swap_out()  # the gradient was taken at the quantized weights; it updates the latent ones
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._swap_out()
+        apply_masks_(self.model, self.masks)
+
+    def on_validation_start(self, trainer, pl_module):
+        if self.model is not None:
+            self._swap_in()
+
+    def on_validation_end(self, trainer, pl_module):
+        self._swap_out()
+
+    def on_train_end(self, trainer, pl_module):
+        for i in range(len(self.transforms)):
+            if i not in self._begun:
+                self._begin(i, trainer.global_step, 0)
+        self._finish_all()
+
+    # -- stages -------------------------------------------------------------------------------
+    def _begin(self, i: int, step: int, stage_steps: int) -> None:
+        c, name = self.config, self.transforms[i]
+        self._begun.add(i)
+        self._stage_start, self._stage_steps = step, stage_steps
+        sel = dict(include=c.include, exclude=c.exclude)
+        # A stage keeps the zeros of earlier ones (and of the model it was given).
+        self.masks = {**nonzero_masks(self.model, **sel), **self.masks}
+        if name == "clip":
+            self.masks = clip_(self.model, c.threshold, c.relative, masks=self.masks, **sel)
+            self._record(step, name, c.threshold)
+        elif name == "prune":
+            if c.schedule == "oneshot" or stage_steps == 0:
+                self._prune_to(c.rate, step)
+            elif c.schedule == "iterative":
+                last = int(c.prune_end * stage_steps)  # the last round, leaving the rest to recover
+                self._rounds_at = [step + r * last // max(1, c.rounds - 1) for r in range(c.rounds)]
+            else:
+                n = int((c.prune_end * stage_steps - c.prune_start) // c.prune_every)
+                if n < 1:
+                    raise ConfigError(f"gradual pruning has {stage_steps} steps to run in, too few for "
+                                      f"method.prune_start={c.prune_start} and method.prune_every="
+                                      f"{c.prune_every}; lower prune_every or train longer")
+                self._agp = (step + c.prune_start, n, c.prune_every)
+        elif name == "quantize" and (c.qat and stage_steps > 0):
+            self._quantize()
+            self.qat_specs = {n: s for n, s in quantization_of(self.model).items()
+                              if n in targets(self.model, **sel)}
+
+    def _scheduled_prune(self, active: int, step: int) -> None:
+        c = self.config
+        if self.transforms[active] != "prune" or active in self._finished:
+            return
+        if c.schedule == "iterative" and step in getattr(self, "_rounds_at", ()):
+            r = self._rounds_at.index(step) + 1
+            self._prune_to(F.iterative_sparsity(r, c.rounds, c.rate), step)
+        elif c.schedule == "gradual" and getattr(self, "_agp", None):
+            t0, n, dt = self._agp
+            if step >= t0 and (step - t0) % dt == 0 and step <= t0 + n * dt:
+                self._prune_to(F.agp_sparsity(step, c.initial_sparsity, c.rate, t0, n, dt), step)
+
+    def _finish(self, i: int) -> None:
+        if i in self._finished:
+            return
+        c, name = self.config, self.transforms[i]
+        self._finished.add(i)
+        if name == "prune":
+            if min(achieved_sparsity(self.model, c).values(), default=1.0) < c.rate:
+                self._prune_to(c.rate, None)  # the schedule stopped short (a short fit): reach the target
+        elif name == "quantize":
+            if self.qat_specs:
+                self._bake()
+            else:
+                self._quantize()
+
+    def _finish_all(self) -> None:
+        for i in range(len(self.transforms)):
+            self._finish(i)
+        self._swap_out()
+        apply_masks_(self.model, self.masks)
+
+    # -- transforms ---------------------------------------------------------------------------
+    def _prune_to(self, rate: float, step) -> None:
+        c = self.config
+        self.masks = prune_(self.model, rate, c.scope, c.structure, c.include, c.exclude, masks=self.masks)
+        self._record(step, "prune", rate)
+
+    def _quantize(self) -> None:
+        c = self.config
+        self._swap_out()
+        apply_masks_(self.model, self.masks)
+        quantize_(self.model, c.bits, c.scale, c.per_channel, c.quantizer, c.include, c.exclude,
+                  c.kmeans_iters)
+        self._record(None, "quantize", c.bits)
+
+    def _swap_in(self) -> None:
+        """Put the grid values in place for the forward pass; keep the latent weights aside."""
+        if self._latent or not self.qat_specs:
+            return
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, spec in self.qat_specs.items():
+                p = params[name]
+                self._latent[name] = p.detach().clone()
+                mask = self.masks.get(name, torch.ones_like(p, dtype=torch.bool))
+                p.copy_(requantize(p, spec, mask) * mask)
+
+    def _swap_out(self) -> None:
+        if not self._latent:
+            return
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, w in self._latent.items():
+                params[name].copy_(w)
+        self._latent = {}
+
+    def _bake(self) -> None:
+        self._swap_out()
+        self._swap_in()
+        self._latent = {}  # the grid values stay: quantization is final
+        self.qat_specs = {}
+
+    def _record(self, step, transform: str, target) -> None:
+        ws = list(targets(self.model, self.config.include, self.config.exclude).values())
+        zeros = sum(int((w == 0).sum()) for w in ws)
+        total = sum(w.numel() for w in ws)
+        self.history.append({"step": step, "transform": transform, "target": target,
+                             "sparsity": zeros / max(1, total)})
+        log.info("%s -> target %s, sparsity of the compressed weights %.4f (step %s)",
+                 transform, target, zeros / max(1, total), step)

@@ -1,0 +1,139 @@
+"""Compressed runs: baseline (trained once, or a checkpoint) -> compress -> evaluate -> fine-tune ->
+evaluate, for each transform of `method.pipeline` in turn (prune then quantize = Deep Compression).
+
+Fine-tuning uses the baseline's optimizer (`train.optimizer`) with `method.finetune_lr` (default a
+tenth of the baseline's lr, as Han et al. retrain), `method.finetune_weight_decay` (default the
+baseline's) and `method.finetune_scheduler` (default none: a constant lr, so the last pruning round
+still gets to recover), for `method.finetune_epochs` epochs per transform (`method.quantize_epochs`
+for quantization); the CompressionCallback does the compressing.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+from compresslab import checks
+from compresslab.checkpoint import save_model
+from compresslab.compression import CompressionCallback, load_artifact, parse, save_artifact, verify
+from compresslab.errors import CheckpointError
+from compresslab.loggers import wandb_run
+from compresslab.methods.baseline import _plain, check_recipe, obtain_trained
+from compresslab.metrics import compression_metrics, latency_ms, size_fp32_bytes, state_dict_bytes
+from compresslab.modules import Classifier
+from compresslab.training import evaluate, fit
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_FILE = "model.clz"
+
+
+def check(cfg) -> None:
+    check_recipe(cfg.train)
+    parse(cfg.method)
+    m = cfg.method
+    if m.get("finetune_lr") is not None:
+        checks.number(m.finetune_lr, "method.finetune_lr", lo=0, lo_open=True)
+    if m.get("finetune_weight_decay") is not None:
+        checks.number(m.finetune_weight_decay, "method.finetune_weight_decay", lo=0)
+    checks.choice(m.get("finetune_scheduler") or "none", "method.finetune_scheduler", ("none", "cosine", "step"))
+    ckpt = m.get("baseline_ckpt")
+    if ckpt and not Path(ckpt).is_file():
+        raise CheckpointError(f"method.baseline_ckpt={ckpt} does not exist; give the model.pt of a baseline "
+                              "job, or leave it unset to train (once) the baseline this config describes")
+
+
+def stage_epochs(c, name: str) -> int:
+    """Fine-tuning epochs after one transform: quantization has its own count (Deep Compression's
+    centroid fine-tuning is short) and none without quantization-aware training."""
+    if name != "quantize":
+        return c.finetune_epochs
+    if not c.qat:
+        return 0
+    return c.finetune_epochs if c.quantize_epochs is None else c.quantize_epochs
+
+
+def finetune_recipe(cfg) -> dict:
+    """The baseline's optimizer with the fine-tuning lr and weight decay."""
+    opt = _plain(cfg.train.optimizer)
+    m = cfg.method
+    opt["lr"] = m.finetune_lr if m.get("finetune_lr") is not None else opt["lr"] / 10
+    if m.get("finetune_weight_decay") is not None:
+        opt["weight_decay"] = m.finetune_weight_decay
+    return opt
+
+
+def run(job) -> tuple[dict, dict]:
+    cfg, dm = job.cfg, job.dm
+    c = parse(cfg.method)
+    model, _, ckpt = obtain_trained(cfg, dm, cfg.model, cfg.train, "baseline", cfg.method.get("baseline_ckpt"))
+
+    scheduler = {"name": cfg.method.get("finetune_scheduler") or "none"}
+
+    def module(net, epochs=1):
+        return Classifier(net, dm.num_classes, finetune_recipe(cfg), scheduler, epochs)
+
+    baseline_acc = evaluate(cfg, module(model), dm)["test_acc"]
+    oneshot = copy.deepcopy(model)
+    CompressionCallback(cfg.method).apply_all(oneshot)
+    before = evaluate(cfg, module(oneshot), dm)["test_acc"]
+    log.info("baseline test_acc %.4f; whole pipeline applied at once, before fine-tuning: %.4f",
+             baseline_acc, before)
+
+    stages, fitted, train_time = [], {"val_acc": None}, 0.0
+    for i, name in enumerate(c.pipeline):
+        epochs = stage_epochs(c, name)
+        callback = CompressionCallback(cfg.method, transforms=[name])
+        if epochs:
+            fitted = fit(cfg, module(model, epochs), dm, job.out_dir / f"finetune_{name}", epochs,
+                         job.loggers, callbacks=[callback], checkpoints=False)
+            train_time += fitted["train_time_s"]
+        else:
+            callback.apply_all(model)
+        measured = verify(model, c, list(c.pipeline[:i + 1]))
+        acc = evaluate(cfg, module(model), dm)["test_acc"]
+        stages.append({"transform": name, "finetune_epochs": epochs, "test_acc": acc,
+                       "val_acc": fitted["val_acc"] if epochs else None,
+                       **compression_metrics(model, dm.input_shape), "measured": measured,
+                       "schedule": callback.history})
+        stages[-1].pop("layers")
+        log.info("after %s (+%d epochs): test_acc %.4f, sparsity %.4f", name, epochs, acc,
+                 stages[-1]["sparsity"])
+
+    final = evaluate(cfg, module(model), dm)
+    figures = compression_metrics(model, dm.input_shape)
+    artifact = job.out_dir / ARTIFACT_FILE
+    artifact_bytes = save_artifact(artifact, model, _plain(cfg.model), dm.input_shape, dm.num_classes,
+                                   cfg.data.name)
+    _check_round_trip(artifact, model)
+    dense_bytes = state_dict_bytes(model)
+    metrics = {**final, "val_acc": fitted["val_acc"], "train_time_s": train_time,
+               "size_fp32_bytes": size_fp32_bytes(model), **figures,
+               "test_acc_before_finetune": before, "baseline_test_acc": baseline_acc,
+               "delta_test_acc": final["test_acc"] - baseline_acc,
+               "latency_ms_batch1": latency_ms(model, dm.input_shape, 1, repeats=50),
+               "latency_ms_batch256": latency_ms(model, dm.input_shape, 256, repeats=10),
+               "artifact_bytes": artifact_bytes, "state_dict_bytes": dense_bytes,
+               "artifact_ratio": dense_bytes / artifact_bytes, "stages": stages}
+    model_path = job.out_dir / "model.pt"
+    save_model(model_path, model, _plain(cfg.model), dm.input_shape, dm.num_classes, cfg.data.name,
+               {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    _summarize_layers(job.loggers, figures["layers"])
+    return metrics, {"checkpoint": str(model_path), "artifact": str(artifact), "baseline": ckpt}
+
+
+def _check_round_trip(path: Path, model) -> None:
+    """The artifact must give back exactly the compressed weights; a mismatch is a bug, not a figure."""
+    loaded = load_artifact(path).state_dict()
+    for name, t in model.state_dict().items():
+        if not t.detach().cpu().equal(loaded[name]):
+            raise RuntimeError(f"artifact {path} does not reproduce {name} exactly")
+
+
+def _summarize_layers(loggers, layers: list[dict]) -> None:
+    """Per-layer figures as flat keys in the W&B summary (the record keeps the `layers` list)."""
+    run = wandb_run(loggers)
+    if run is not None:
+        run.summary.update({f"final/layers/{lay['name']}/{k}": v for lay in layers
+                            for k, v in lay.items() if k != "name"})
