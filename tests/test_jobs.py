@@ -155,3 +155,12 @@ def test_failed_record_validates_and_newer_schema_is_refused(tmp_path):
         results.read(tmp_path)
     with pytest.raises(results.SchemaError, match="needs an error"):
         results.validate({**record, "error": None})
+
+
+def test_last_checkpoint_holds_the_final_epoch(workdir):
+    import torch
+
+    run_train("data=synthetic", "model=mlp", "train.epochs=3", "logger=none", check=True)
+    (rec,) = records(workdir / "outputs")
+    last = torch.load(Path(rec["_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2

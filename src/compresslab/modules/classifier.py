@@ -6,6 +6,8 @@ hook that keeps pruned weights at zero), so the optimiser, schedule and metrics 
 
 from __future__ import annotations
 
+import warnings
+
 import pytorch_lightning as pl
 import torch
 import torchmetrics
@@ -13,6 +15,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from compresslab.errors import ConfigError
+
+# Lightning notes that the module's transfer hook wins over the data module's: intended here.
+warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device` in `LightningModule`.*")
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -28,6 +33,16 @@ class Classifier(pl.LightningModule):
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
 
+    def __setattr__(self, name, value):
+        # Lightning records the running hook's name on the module around each of the ~20 hook calls
+        # of a step; nn.Module's __setattr__ checks every assignment against parameters, buffers and
+        # submodules. A str is none of those, so it goes straight into the instance dict (where
+        # nn.Module would have put it too).
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, x):
         return self.model(x)
 
@@ -37,9 +52,36 @@ class Classifier(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.loss(self(x), x, y)
-        # Logged without a metric object or sync: the raw loop this must keep pace with does neither.
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log_train_loss(loss)
         return loss
+
+    def log_train_loss(self, loss) -> None:
+        # Logged without a metric object or sync: the raw loop this must keep pace with does neither.
+        # A progress-bar value is read back to the host (on a GPU: a sync) after every step, even on
+        # steps that logged nothing, so it is one only when a bar is shown.
+        if self.logs_this_step():
+            bar = self._trainer is not None and self._trainer.progress_bar_callback is not None
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=bar)
+
+    def logs_this_step(self) -> bool:
+        """True on the training steps whose metrics Lightning hands to the loggers (every
+        `log_every_n_steps`-th, or one where training stops). `self.log` costs about as much Python as the rest of a
+        small model's step (it moves its bookkeeping to the value's device each call); a value logged
+        on the other steps would be overwritten unseen, so they skip it. The progress bar shows the
+        value of the latest logged step."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        connector = getattr(trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        # TensorBatches already yields tensors on the training device: skip Lightning's per-step
+        # walk over the batch unless something does need to move.
+        if isinstance(batch, (tuple, list)) and all(
+                isinstance(t, torch.Tensor) and t.device == device for t in batch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _evaluate(self, batch, accuracy, stage):
         x, y = batch

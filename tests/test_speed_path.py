@@ -1,0 +1,125 @@
+"""The fast training path keeps every feature of Lightning's stock per-step behaviour: the same
+losses logged at the same steps, a progress bar on request, batches that need moving still moved."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger
+
+from compresslab.job import build_datamodule
+from compresslab.models import build_model
+from compresslab.modules import Classifier
+from compresslab.train import CONF_DIR
+from compresslab.training import fit, make_trainer
+
+
+def config(*overrides):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=["data=synthetic", "data.synthetic.n_train=640", "data.val_fraction=0",
+                                           "data.batch_size=64", "logger=none", "trainer.enable_progress_bar=false",
+                                           *overrides])
+
+
+class StockLogging(Classifier):
+    """Lightning's stock behaviour: the training loss logged on every step."""
+
+    def logs_this_step(self) -> bool:
+        return True
+
+
+def logged_losses(cls, cfg, tmp_path) -> list[tuple[int, float]]:
+    dm = build_datamodule(cfg)
+    dm.setup()
+    pl.seed_everything(0, verbose=False)
+    model = build_model(OmegaConf.to_container(cfg.model), dm.input_shape, dm.num_classes)
+    module = cls(model, dm.num_classes, OmegaConf.to_container(cfg.train.optimizer),
+                 OmegaConf.to_container(cfg.train.scheduler), cfg.train.epochs)
+    logger = CSVLogger(str(tmp_path), name="csv", version="")
+    fit(cfg, module, dm, tmp_path, cfg.train.epochs, [logger], checkpoints=False)
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def test_loss_is_logged_at_the_same_steps_with_the_same_values_as_stock_lightning(tmp_path):
+    cfg = config("model=mlp", "train.epochs=2", "trainer.log_every_n_steps=3")  # 10 steps/epoch, 20 in all
+    fast = logged_losses(Classifier, cfg, tmp_path / "fast")
+    stock = logged_losses(StockLogging, cfg, tmp_path / "stock")
+    assert [s for s, _ in fast] == [s for s, _ in stock]
+    assert len(fast) == 20 // 3
+    assert [v for _, v in fast] == pytest.approx([v for _, v in stock])
+
+
+def test_logs_this_step_follows_log_every_n_steps(tmp_path):
+    cfg = config("model=mlp", "train.epochs=1", "trainer.log_every_n_steps=4")
+    seen = []
+
+    class Spy(Classifier):
+        def training_step(self, batch, batch_idx):
+            seen.append(self.logs_this_step())
+            return super().training_step(batch, batch_idx)
+
+    dm = build_datamodule(cfg)
+    dm.setup()
+    module = Spy(build_model(OmegaConf.to_container(cfg.model), dm.input_shape, dm.num_classes),
+                 dm.num_classes, OmegaConf.to_container(cfg.train.optimizer))
+    fit(cfg, module, dm, tmp_path, 1, checkpoints=False)
+    assert seen == [(i + 1) % 4 == 0 for i in range(10)]
+    # Outside a trainer (a hand-called training_step) the loss is always logged.
+    assert Classifier(torch.nn.Linear(2, 2), 2, {"name": "sgd", "lr": 0.1}).logs_this_step()
+
+
+def test_batches_already_on_the_device_are_passed_through_and_others_moved():
+    module = Classifier(torch.nn.Linear(2, 2), 2, {"name": "sgd", "lr": 0.1})
+    x, y = torch.zeros(3, 2), torch.zeros(3, dtype=torch.long)
+    out = module.transfer_batch_to_device((x, y), torch.device("cpu"), 0)
+    assert out[0] is x and out[1] is y
+    moved = module.transfer_batch_to_device({"x": x}, torch.device("cpu"), 0)  # not a tuple: Lightning's path
+    assert torch.equal(moved["x"], x)
+    if torch.cuda.is_available():
+        on_gpu = module.transfer_batch_to_device((x, y), torch.device("cuda", 0), 0)
+        assert on_gpu[0].is_cuda and on_gpu[1].is_cuda
+
+
+def test_progress_bar_redraws_every_n_steps_and_can_be_switched_off(tmp_path):
+    bar = make_trainer(config("trainer.enable_progress_bar=true", "trainer.progress_bar_refresh_rate=7"),
+                       tmp_path, 1, checkpoints=False).progress_bar_callback
+    assert isinstance(bar, TQDMProgressBar) and bar.refresh_rate == 7
+    assert make_trainer(config(), tmp_path, 1, checkpoints=False).progress_bar_callback is None
+    # null leaves the choice of bar (and its refresh) to Lightning
+    stock = make_trainer(config("trainer.enable_progress_bar=true", "trainer.progress_bar_refresh_rate=null"),
+                         tmp_path, 1, checkpoints=False).progress_bar_callback
+    assert stock is not None
+
+
+def test_channels_last_trains_conv_weights_in_channels_last_order(tmp_path):
+    cfg = config("model=lenet5", "train.epochs=1", "trainer.channels_last=true")
+    dm = build_datamodule(cfg)
+    dm.setup()
+    model = build_model(OmegaConf.to_container(cfg.model), dm.input_shape, dm.num_classes)
+    module = Classifier(model, dm.num_classes, OmegaConf.to_container(cfg.train.optimizer))
+    before = [p.detach().clone() for p in model.parameters()]
+    fit(cfg, module, dm, tmp_path, 1, checkpoints=False)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it did train
+
+
+@pytest.mark.parametrize("bar", [True, False])
+def test_loss_is_a_progress_bar_value_only_when_a_bar_is_shown(tmp_path, bar):
+    cfg = config("model=mlp", "train.epochs=1", "trainer.log_every_n_steps=2",
+                 f"trainer.enable_progress_bar={str(bar).lower()}")
+    dm = build_datamodule(cfg)
+    dm.setup()
+    module = Classifier(build_model(OmegaConf.to_container(cfg.model), dm.input_shape, dm.num_classes),
+                        dm.num_classes, OmegaConf.to_container(cfg.train.optimizer))
+    trainer = make_trainer(cfg, tmp_path, 1, checkpoints=False, has_val=False)
+    trainer.fit(module, datamodule=dm)
+    assert ("train/loss" in trainer.progress_bar_metrics) == bar
+    assert "train/loss" in trainer.callback_metrics
