@@ -1,6 +1,6 @@
 """What one job does, by `method.kind`: each entry has `check(cfg)` (raises ConfigError before any
 training) and `run(job) -> (metrics, paths)`."""
 
-from compresslab.methods import baseline
+from compresslab.methods import baseline, compress, distill
 
-RUNNERS = {"baseline": baseline}
+RUNNERS = {"baseline": baseline, "compress": compress, "distill": distill}

@@ -40,12 +40,14 @@ def model_spec(cfg, model_cfg, train_cfg) -> dict:
             "deterministic": bool(cfg.get("deterministic", False))}
 
 
-def train_classifier(cfg, dm, model_cfg, train_cfg, out_dir: Path, loggers=()) -> tuple[Classifier, dict]:
-    """Build, train and test one classifier; write its portable `model.pt` into `out_dir`."""
+def train_classifier(cfg, dm, model_cfg, train_cfg, out_dir: Path, loggers=(),
+                     callbacks=()) -> tuple[Classifier, dict]:
+    """Build, train and test one classifier; write its portable `model.pt` into `out_dir`.
+    `callbacks` join the fit (e.g. a CompressionCallback for a compressed student's scratch twin)."""
     model = build_model(_plain(model_cfg), dm.input_shape, dm.num_classes)
     module = Classifier(model, dm.num_classes, _plain(train_cfg.optimizer), _plain(train_cfg.scheduler),
                         train_cfg.epochs)
-    fitted = fit(cfg, module, dm, out_dir, train_cfg.epochs, loggers)
+    fitted = fit(cfg, module, dm, out_dir, train_cfg.epochs, loggers, callbacks)
     metrics = {**evaluate(cfg, module, dm), "val_acc": fitted["val_acc"],
                "train_time_s": fitted["train_time_s"]}
     total, nonzero = count_params(model)
