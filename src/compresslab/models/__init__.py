@@ -22,7 +22,7 @@ def build_model(model_cfg, input_shape, num_classes: int) -> nn.Module:
     options.pop("name", None)
     if arch not in ARCHITECTURES:
         raise ConfigError(f"model.arch={arch!r} is unknown; choose one of {sorted(ARCHITECTURES)}")
-    if "hidden" in options:
+    if isinstance(options.get("hidden"), (list, tuple)):  # MLP widths; a GRU's `hidden` is one int
         options["hidden"] = [int(w) for w in options["hidden"]]
     try:
         model = ARCHITECTURES[arch](tuple(input_shape), num_classes, **options)

@@ -26,13 +26,21 @@ class MNIST1DCNN(nn.Module):
 
 
 class MNIST1DGRU(nn.Module):
-    """Greydanus 2020's GRU baseline: the signal read one value per step, classified from the last state."""
+    """Greydanus 2020's GRU baseline: the signal read one value per step, classified from the last
+    step's output (`readout="last"`) or, as in the paper's code, from the outputs of every step
+    flattened (`readout="all"`: a bidirectional GRU's backward half has read the whole signal only
+    at the first step)."""
 
-    def __init__(self, input_shape, num_classes: int, hidden: int = 6, bidirectional: bool = True):
+    def __init__(self, input_shape, num_classes: int, hidden: int = 6, bidirectional: bool = True,
+                 readout: str = "last"):
         super().__init__()
+        if readout not in ("last", "all"):
+            raise TypeError(f"readout={readout!r} must be 'last' or 'all'")
+        self.readout = readout
         self.gru = nn.GRU(1, hidden, batch_first=True, bidirectional=bidirectional)
-        self.head = nn.Linear(hidden * (2 if bidirectional else 1), num_classes)
+        steps = input_shape[-1] if readout == "all" else 1
+        self.head = nn.Linear(hidden * (2 if bidirectional else 1) * steps, num_classes)
 
     def forward(self, x):
         out, _ = self.gru(x.reshape(x.shape[0], -1, 1))
-        return self.head(out[:, -1])
+        return self.head(out.flatten(1) if self.readout == "all" else out[:, -1])
