@@ -164,3 +164,10 @@ def test_last_checkpoint_holds_the_final_epoch(workdir):
     (rec,) = records(workdir / "outputs")
     last = torch.load(Path(rec["_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["epoch"] == 2
+
+
+def test_a_given_sweep_dir_still_gives_each_job_its_own_dir(workdir):
+    run_train("data=synthetic", "model=mlp", "logger=none", "seed=1,2", f"hydra.sweep.dir={workdir}/mine",
+              multirun=True, check=True)
+    recs = records(workdir / "mine")
+    assert sorted(Path(r["_dir"]).name for r in recs) == ["seed=1", "seed=2"]
