@@ -171,3 +171,12 @@ def test_a_given_sweep_dir_still_gives_each_job_its_own_dir(workdir):
               multirun=True, check=True)
     recs = records(workdir / "mine")
     assert sorted(Path(r["_dir"]).name for r in recs) == ["seed=1", "seed=2"]
+
+
+def test_a_diverging_loss_fails_the_job_with_a_clear_message(workdir):
+    proc = run_train("data=synthetic", "model=mlp", "logger=none", "train.optimizer.name=sgd",
+                     "train.optimizer.lr=1e12", "trainer.log_every_n_steps=1")
+    assert proc.returncode != 0
+    (rec,) = records(workdir / "outputs")
+    assert rec["status"] == "failed" and "training diverged" in rec["error"]
+    assert "Traceback" not in proc.stderr

@@ -19,3 +19,12 @@ class DataError(CompresslabError):
 
 class CheckpointError(CompresslabError):
     """A checkpoint that is missing, corrupt, or for another model or dataset."""
+
+
+class DivergedError(CompresslabError):
+    """Training produced a non-finite loss (too high a learning rate, most often)."""
+
+
+def diverged(where: str) -> DivergedError:
+    return DivergedError(f"training diverged: the loss is not finite {where}; lower "
+                         "train.optimizer.lr or set trainer.gradient_clip_val")

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
+from compresslab.errors import diverged
 from compresslab.modules import Classifier
 
 TRAINER_KEYS = ("accelerator", "devices", "strategy", "precision", "num_nodes", "log_every_n_steps",
@@ -58,6 +59,9 @@ def fit(cfg, module: Classifier, dm, out_dir: Path, epochs: int, loggers=(), cal
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if checkpoints and last.is_file() else None)
     elapsed = time.perf_counter() - start
+    last_loss = trainer.callback_metrics.get("train/loss")
+    if last_loss is not None and not torch.isfinite(last_loss):
+        raise diverged("at the end of training")
     val = trainer.callback_metrics.get("val/acc")
     return {"val_acc": float(val) if val is not None else None, "train_time_s": elapsed}
 

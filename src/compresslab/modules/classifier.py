@@ -14,7 +14,7 @@ import torchmetrics
 from torch import nn
 from torch.nn import functional as F
 
-from compresslab.errors import ConfigError
+from compresslab.errors import ConfigError, diverged
 
 # Lightning notes that the module's transfer hook wins over the data module's: intended here.
 warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device` in `LightningModule`.*")
@@ -60,6 +60,9 @@ class Classifier(pl.LightningModule):
         # A progress-bar value is read back to the host (on a GPU: a sync) after every step, even on
         # steps that logged nothing, so it is one only when a bar is shown.
         if self.logs_this_step():
+            # Checked only where the value is read anyway: a check every step would sync a GPU.
+            if not torch.isfinite(loss):
+                raise diverged(f"at step {self.global_step}, epoch {self.current_epoch}")
             bar = self._trainer is not None and self._trainer.progress_bar_callback is not None
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=bar)
 
