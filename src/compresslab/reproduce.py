@@ -183,6 +183,30 @@ _QUICK = ("data.max_train=512", "data.max_test=256", "train.epochs=1")
 # `method` is the baseline's and has no such key.
 _QUICK_COMPRESS = (*_QUICK, "++method.finetune_epochs=4")
 
+def _han2015(model: str, title_model: str, tables: str, base_err: float, pruned_err: float,
+             kept_k: float, kept_pct: dict[str, float]) -> Reproduction:
+    """Han et al. 2015's rows for one model: errors, parameters, compression, weights kept per layer."""
+    exp = _exp(f"han2015_{model}")
+    return Reproduction(
+        name=f"han2015_{model}",
+        title=f"Iterative magnitude pruning with retraining, {title_model} on MNIST",
+        source=f"Han, Pool, Tran, Dally 2015, Learning both Weights and Connections (NIPS), {tables}",
+        sweep=(f"experiment=han2015_{model}",), seeds=2, quick=_QUICK_COMPRESS,
+        rows=(
+            Row("base_err", "baseline test error", exp, lambda r: error_pct(r, "baseline_test_acc"),
+                base_err, "%", None),
+            Row("pruned_err", "pruned + retrained test error", exp, error_pct, pruned_err, "%",
+                AtMost("base_err", 0.15)),
+            Row("params", "parameters kept (thousands)", exp, metric("params_nonzero", 1e-3), kept_k, "K",
+                None, 1),
+            Row("ratio", "compression ratio (total / nonzero)", exp, metric("compression_ratio"), 12.0, "×",
+                AtLeast(12.0), 1),
+            *(Row(layer, f"weights kept, {layer}", exp, layer_kept_pct(i), pct, "%", None, 1)
+              for i, (layer, pct) in enumerate(kept_pct.items())),
+        ),
+    )
+
+
 PAPERS: dict[str, Reproduction] = {r.name: r for r in (
     Reproduction(
         name=_MNIST1D,
@@ -212,45 +236,10 @@ PAPERS: dict[str, Reproduction] = {r.name: r for r in (
         notes="The paper compresses nothing: the last rows are ours (no published figure), a compression "
               "study on a benchmark that trains in seconds; their baseline is our CNN row.",
     ),
-    Reproduction(
-        name="han2015_lenet300",
-        title="Iterative magnitude pruning with retraining, LeNet-300-100 on MNIST",
-        source="Han, Pool, Tran, Dally 2015, Learning both Weights and Connections (NIPS), Tables 1-2",
-        sweep=("experiment=han2015_lenet300",), seeds=2, quick=_QUICK_COMPRESS,
-        rows=(
-            Row("base_err", "baseline test error", _exp("han2015_lenet300"), lambda r: error_pct(r, "baseline_test_acc"),
-                1.64, "%", None),
-            Row("pruned_err", "pruned + retrained test error", _exp("han2015_lenet300"), error_pct, 1.59, "%",
-                AtMost("base_err", 0.15)),
-            Row("params", "parameters kept (thousands)", _exp("han2015_lenet300"),
-                metric("params_nonzero", 1e-3), 22.0, "K", None, 1),
-            Row("ratio", "compression ratio (total / nonzero)", _exp("han2015_lenet300"),
-                metric("compression_ratio"), 12.0, "×", AtLeast(12.0), 1),
-            Row("fc1", "weights kept, fc1", _exp("han2015_lenet300"), layer_kept_pct(0), 8.0, "%", None, 1),
-            Row("fc2", "weights kept, fc2", _exp("han2015_lenet300"), layer_kept_pct(1), 9.0, "%", None, 1),
-            Row("fc3", "weights kept, fc3", _exp("han2015_lenet300"), layer_kept_pct(2), 26.0, "%", None, 1),
-        ),
-    ),
-    Reproduction(
-        name="han2015_lenet5",
-        title="Iterative magnitude pruning with retraining, LeNet-5 (Caffe) on MNIST",
-        source="Han, Pool, Tran, Dally 2015, Learning both Weights and Connections (NIPS), Tables 1, 3",
-        sweep=("experiment=han2015_lenet5",), seeds=2, quick=_QUICK_COMPRESS,
-        rows=(
-            Row("base_err", "baseline test error", _exp("han2015_lenet5"), lambda r: error_pct(r, "baseline_test_acc"),
-                0.80, "%", None),
-            Row("pruned_err", "pruned + retrained test error", _exp("han2015_lenet5"), error_pct, 0.77, "%",
-                AtMost("base_err", 0.15)),
-            Row("params", "parameters kept (thousands)", _exp("han2015_lenet5"),
-                metric("params_nonzero", 1e-3), 36.0, "K", None, 1),
-            Row("ratio", "compression ratio (total / nonzero)", _exp("han2015_lenet5"),
-                metric("compression_ratio"), 12.0, "×", AtLeast(12.0), 1),
-            Row("conv1", "weights kept, conv1", _exp("han2015_lenet5"), layer_kept_pct(0), 66.0, "%", None, 1),
-            Row("conv2", "weights kept, conv2", _exp("han2015_lenet5"), layer_kept_pct(1), 12.0, "%", None, 1),
-            Row("fc1", "weights kept, fc1", _exp("han2015_lenet5"), layer_kept_pct(2), 8.0, "%", None, 1),
-            Row("fc2", "weights kept, fc2", _exp("han2015_lenet5"), layer_kept_pct(3), 19.0, "%", None, 1),
-        ),
-    ),
+    _han2015("lenet300", "LeNet-300-100", "Tables 1-2", base_err=1.64, pruned_err=1.59, kept_k=22.0,
+             kept_pct={"fc1": 8.0, "fc2": 9.0, "fc3": 26.0}),
+    _han2015("lenet5", "LeNet-5 (Caffe)", "Tables 1, 3", base_err=0.80, pruned_err=0.77, kept_k=36.0,
+             kept_pct={"conv1": 66.0, "conv2": 12.0, "fc1": 8.0, "fc2": 19.0}),
     Reproduction(
         name="deep_compression_lenet300",
         title="Pruning + 6-bit k-means weight sharing + compact artifact, LeNet-300-100 on MNIST",
