@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from compresslab.data import TensorBatches
 from compresslab.metrics import prediction_agreement
