@@ -78,16 +78,13 @@ def make_distiller(soft_weight=0.5):
                      soft_weight=soft_weight)
 
 
-# training_step logs through Lightning, which warns when no Trainer is attached; irrelevant here.
-pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log")
-
 
 def test_no_gradient_reaches_the_frozen_teacher():
     module = make_distiller()
     module.train()
     assert not module.teacher.training and all(not m.training for m in module.teacher.modules())
     x, y = torch.randn(5, 1, 3, 3), torch.tensor([0, 1, 2, 0, 1])
-    module.training_step((x, y), 0).backward()
+    module.training_loss((x, y)).backward()
     assert all(p.grad is None and not p.requires_grad for p in module.teacher.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.model.parameters())
     optimizer = module.configure_optimizers()
@@ -100,9 +97,9 @@ def test_precomputed_teacher_logits_are_used_and_match_the_live_teacher():
     module.train()
     x, y = torch.randn(5, 1, 3, 3), torch.tensor([0, 1, 2, 0, 1])
     cached = predict_logits(module.teacher, x)
-    live = module.training_step((x, y), 0)
-    assert module.training_step((x, y, cached), 0).item() == pytest.approx(live.item(), rel=1e-6)
-    assert module.training_step((x, y, torch.zeros(5, 3)), 0).item() != pytest.approx(live.item())
+    live = module.training_loss((x, y))
+    assert module.training_loss((x, y, cached)).item() == pytest.approx(live.item(), rel=1e-6)
+    assert module.training_loss((x, y, torch.zeros(5, 3))).item() != pytest.approx(live.item())
 
 
 def test_batches_carry_the_extra_tensor_aligned_with_x():

@@ -15,7 +15,8 @@ from pytorch_lightning.loggers import CSVLogger
 
 from compresslab.job import build_datamodule
 from compresslab.models import build_model
-from compresslab.modules import Classifier
+from compresslab.errors import ConfigError
+from compresslab.modules import Classifier, build_optimizer
 from compresslab.train import CONF_DIR
 from compresslab.training import fit, make_trainer
 
@@ -123,3 +124,75 @@ def test_loss_is_a_progress_bar_value_only_when_a_bar_is_shown(tmp_path, bar):
     trainer.fit(module, datamodule=dm)
     assert ("train/loss" in trainer.progress_bar_metrics) == bar
     assert "train/loss" in trainer.callback_metrics
+
+
+class LightningOptimised(Classifier):
+    """The same module under Lightning's automatic optimisation (its closure, its scheduler stepping
+    and gradient clipping): the reference the written-out step must match."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization = True
+
+    def training_step(self, batch, batch_idx):
+        return self.training_loss(batch)
+
+    def on_train_epoch_end(self):
+        pass
+
+
+@pytest.mark.parametrize("scheduler,clip", [("cosine", None), ("onecycle", None), ("step", 0.05)])
+def test_written_out_step_trains_exactly_as_lightnings_automatic_optimisation(tmp_path, scheduler, clip):
+    cfg = config("model=mlp", "train.epochs=3", f"train.scheduler.name={scheduler}", "+train.scheduler.step_size=1",
+                 "train.optimizer.name=sgd", "train.optimizer.lr=0.05", f"trainer.gradient_clip_val={clip or 'null'}")
+    dm = build_datamodule(cfg)
+    dm.setup()
+
+    def trained(cls):
+        pl.seed_everything(0, verbose=False)
+        model = build_model(OmegaConf.to_container(cfg.model), dm.input_shape, dm.num_classes)
+        module = cls(model, dm.num_classes, OmegaConf.to_container(cfg.train.optimizer),
+                     OmegaConf.to_container(cfg.train.scheduler), cfg.train.epochs)
+        if cls is Classifier:
+            fit(cfg, module, dm, tmp_path / "ours", cfg.train.epochs, checkpoints=False)
+        else:
+            pl.Trainer(max_epochs=cfg.train.epochs, logger=False, enable_checkpointing=False,
+                       enable_progress_bar=False, enable_model_summary=False,
+                       gradient_clip_val=clip).fit(module, datamodule=dm)
+        lr = module.trainer.optimizers[0].param_groups[0]["lr"]
+        return [p.detach().clone() for p in model.parameters()], lr, module.global_step
+
+    ours, ours_lr, ours_steps = trained(Classifier)
+    ref, ref_lr, ref_steps = trained(LightningOptimised)
+    assert ours_steps == ref_steps == 30
+    assert ours_lr == pytest.approx(ref_lr) and ours_lr != pytest.approx(0.05)  # the schedule did move
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradient_clip_val_bounds_every_step(tmp_path):
+    cfg = config("model=logreg", "train.epochs=1", "train.scheduler.name=none", "train.optimizer.name=sgd",
+                 "train.optimizer.lr=1.0", "train.optimizer.momentum=0", "trainer.gradient_clip_val=0.001")
+    dm = build_datamodule(cfg)
+    dm.setup()
+    model = build_model(OmegaConf.to_container(cfg.model), dm.input_shape, dm.num_classes)
+    module = Classifier(model, dm.num_classes, OmegaConf.to_container(cfg.train.optimizer))
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    fit(cfg, module, dm, tmp_path, 1, checkpoints=False)
+    moved = torch.cat([p.detach().flatten() for p in model.parameters()]) - before
+    assert 0 < moved.norm() <= 10 * 0.001 * (1 + 1e-4)  # 10 steps of lr 1 x a gradient of norm <= 0.001
+
+
+def test_default_recipe_uses_torchs_fused_optimizer_kernel():
+    recipe = OmegaConf.to_container(config().train.optimizer)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert build_optimizer(params, recipe, {"name": "none"}, 1).defaults["fused"] is True
+    assert not build_optimizer(params, {**recipe, "fused": False}, {"name": "none"}, 1).defaults["fused"]
+
+
+def test_onecycle_steps_per_batch_and_needs_the_step_count():
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    built = build_optimizer(params, {"name": "adam", "lr": 0.1}, {"name": "onecycle"}, 2, total_steps=20)
+    assert built["lr_scheduler"]["interval"] == "step"
+    with pytest.raises(ConfigError, match="onecycle needs a known number of training steps"):
+        build_optimizer(params, {"name": "adam", "lr": 0.1}, {"name": "onecycle"}, 2)

@@ -12,8 +12,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from compresslab.errors import diverged
 from compresslab.modules import Classifier
 
+# gradient_clip_val is not among them: the module clips in its own step (Classifier.gradient_clip_val).
 TRAINER_KEYS = ("accelerator", "devices", "strategy", "precision", "num_nodes", "log_every_n_steps",
-                "enable_progress_bar", "gradient_clip_val", "num_sanity_val_steps", "benchmark",
+                "enable_progress_bar", "num_sanity_val_steps", "benchmark",
                 "limit_train_batches", "limit_val_batches", "check_val_every_n_epoch")
 
 
@@ -55,6 +56,7 @@ def fit(cfg, module: Classifier, dm, out_dir: Path, epochs: int, loggers=(), cal
     if epochs <= 0:
         return {"val_acc": None, "train_time_s": 0.0}
     trainer = make_trainer(cfg, out_dir, epochs, loggers, checkpoints, dm.has_val, callbacks)
+    module.gradient_clip_val = cfg.trainer.get("gradient_clip_val")
     last = Path(out_dir) / "checkpoints" / "last.ckpt"
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if checkpoints and last.is_file() else None)

@@ -76,13 +76,11 @@ class Distiller(Classifier):
         self.teacher.eval()
         return self
 
-    def training_step(self, batch, batch_idx):
+    def training_loss(self, batch):
         if len(batch) == 3:
             x, y, teacher_logits = batch
         else:
             x, y = batch
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
-        loss = distillation_loss(self(x), teacher_logits, y, self.temperature, self.soft_weight)
-        self.log_train_loss(loss)
-        return loss
+        return distillation_loss(self(x), teacher_logits, y, self.temperature, self.soft_weight)
