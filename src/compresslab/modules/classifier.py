@@ -37,9 +37,9 @@ class Classifier(pl.LightningModule):
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         # The step is written out in training_step, as in a hand-written loop: Lightning's automatic
-        # optimisation wraps every step in a closure and a dozen more hook dispatches, which costs a
-        # small model about a tenth of its epoch (scripts/benchmark.py). Hooks and callbacks
-        # (on_before_optimizer_step, on_train_batch_end) still run around each step.
+        # optimisation wraps every step in a closure and more hook dispatches, several percent of a
+        # small model's epoch on CPU. Hooks and callbacks (on_before_optimizer_step,
+        # on_train_batch_end) still run around each step.
         self.automatic_optimization = False
         self.gradient_clip_val: float | None = None  # set from trainer.gradient_clip_val by training.fit
 
