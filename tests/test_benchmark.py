@@ -1,0 +1,31 @@
+"""The benchmark script runs end to end and writes what it promises (its figures are not asserted:
+speed is judged from its output, not by timed tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_quick_benchmark_writes_ratios_and_tables_without_touching_benchmarks_md(workdir):
+    before = (REPO / "BENCHMARKS.md").read_bytes()
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--quick", "--only",
+                           "epoch,inference", "--no-append", "--out", str(workdir / "bench")],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = (workdir / "bench").iterdir()
+    res = json.loads((run / "benchmark.json").read_text())
+    assert set(res["sections"]) == {"epoch", "inference"}
+    assert not any("error" in s for s in res["sections"].values())
+    workloads = res["sections"]["epoch"]["workloads"]
+    assert [w["workload"] for w in workloads] == ["LeNet-300-100, MNIST", "ResNet-20, CIFAR-shaped synthetic"]
+    for w in workloads:
+        assert w["raw_wall_s"] > 0 and w["compresslab_wall_s"] > 0
+        assert w["compresslab_wall_ratio"] == w["compresslab_wall_s"] / w["raw_wall_s"]
+    assert "stock_wall_ratio" in workloads[0]  # Lightning's stock path measured beside the fast one
+    md = (run / "benchmark.md").read_text()
+    assert "Per-epoch training time vs a hand-written loop" in md and "Inference latency" in md
+    assert (REPO / "BENCHMARKS.md").read_bytes() == before
