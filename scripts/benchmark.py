@@ -228,7 +228,8 @@ def compresslab_fit(cfg, dm, epochs: int, stock_lightning: bool = False) -> list
     """(wall, CPU) seconds of each epoch of `compresslab.training.fit` on a Classifier, as a baseline job runs it
     (checkpoints, CSV + offline W&B loggers). `stock_lightning` restores Lightning's defaults for
     the per-step work compresslab cuts (log every step, Lightning's default progress bar updated
-    every step, Lightning's batch transfer): the path before it was made fast."""
+    every step, Lightning's batch transfer, one batch per training_step call): the path before it
+    was made fast."""
     import pytorch_lightning as pl
     import torch
     from omegaconf import OmegaConf
@@ -271,6 +272,7 @@ def compresslab_fit(cfg, dm, epochs: int, stock_lightning: bool = False) -> list
     cfg = cfg.copy()
     if stock_lightning:
         cfg.trainer.progress_bar_refresh_rate = None  # Lightning's own bar, redrawn every step
+        cfg.trainer.steps_per_call = 1  # one batch per training_step call
     torch.manual_seed(cfg.seed)
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), dm.input_shape, dm.num_classes)
     module = (StockClassifier if stock_lightning else Classifier)(
@@ -650,8 +652,9 @@ def markdown(res: dict) -> str:
                          f"{w['compresslab_cpu_s']:.3f} | **{w['compresslab_wall_ratio']:.3f}** | "
                          f"**{w['compresslab_cpu_ratio']:.3f}** | {stock} |")
         lines += ["", "compresslab = `Classifier` + `make_trainer`/`fit` + `TensorDataModule` with the job's "
-                  "checkpoints and CSV + offline W&B loggers; both loops use the job's optimizer (fused Adam by "
-                  "default); stock = the same with Lightning's per-step defaults (automatic optimisation with "
+                  "checkpoints and CSV + offline W&B loggers and its `trainer.steps_per_call` batches per "
+                  "training_step call; both loops use the job's optimizer (fused Adam by default); stock = the "
+                  "same with Lightning's per-step defaults (one batch per call, automatic optimisation with "
                   "its closure, loss logged every step, Lightning's own progress bar updated every step, "
                   "generic batch transfer): the path before the speed work.", ""]
     rows = []

@@ -10,6 +10,7 @@ from torch import nn
 
 from compresslab.compression import (CompressionCallback, TargetMissed, functional as F, load_artifact,
                                      parse, prune_, quantization_of, quantize_, save_artifact, verify)
+from compresslab.data import TensorBatches
 from compresslab.errors import ConfigError
 from compresslab.metrics import compression_metrics, state_dict_bytes
 from compresslab.models import build_model
@@ -157,17 +158,21 @@ class ZerosProbe(pl.Callback):
     def __init__(self, cb):
         self.cb, self.checked = cb, 0
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def on_train_step_end(self, trainer, pl_module):
         params = dict(pl_module.model.named_parameters())
         for name, mask in self.cb.masks.items():
             assert not params[name][~mask].any()
         self.checked += 1
 
 
-def tiny_fit(model, callback, epochs=2):
+def tiny_fit(model, callback, epochs=2, steps_per_call=None):
+    """8 steps per epoch: from a plain DataLoader, or in blocks of `steps_per_call` from TensorBatches."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(256, 1, 8, 8, generator=g), torch.randint(0, 10, (256,), generator=g)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    if steps_per_call is None:
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    else:
+        loader = TensorBatches(x, y, 32, steps_per_call=steps_per_call)
     module = Classifier(model, 10, {"name": "adam", "lr": 1e-2}, {"name": "none"}, epochs)
     probe = ZerosProbe(callback)
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
@@ -177,10 +182,11 @@ def tiny_fit(model, callback, epochs=2):
     return probe
 
 
-def test_masks_survive_every_optimizer_step_of_iterative_pruning():
+@pytest.mark.parametrize("steps_per_call", [None, 3])
+def test_masks_survive_every_optimizer_step_of_iterative_pruning(steps_per_call):
     model = lenet300()
     cb = CompressionCallback({"pipeline": ["prune"], "rate": 0.8, "schedule": "iterative", "rounds": 4})
-    probe = tiny_fit(model, cb, epochs=2)
+    probe = tiny_fit(model, cb, epochs=2, steps_per_call=steps_per_call)
     assert probe.checked == 16
     targets = [h["target"] for h in cb.history]
     assert targets == sorted(targets) and targets[-1] == pytest.approx(0.8) and len(targets) == 4
@@ -189,11 +195,12 @@ def test_masks_survive_every_optimizer_step_of_iterative_pruning():
         assert F.sparsity(p) == pytest.approx(0.8, abs=0.01)
 
 
-def test_gradual_pruning_follows_the_cubic_schedule():
+@pytest.mark.parametrize("steps_per_call", [None, 3])
+def test_gradual_pruning_follows_the_cubic_schedule(steps_per_call):
     model = lenet300()
     cb = CompressionCallback({"pipeline": ["prune"], "rate": 0.9, "schedule": "gradual", "prune_every": 2,
                               "prune_end": 0.75})
-    tiny_fit(model, cb, epochs=2)  # 16 steps: updates at 0, 2, ..., 12
+    tiny_fit(model, cb, epochs=2, steps_per_call=steps_per_call)  # 16 steps: updates at 0, 2, ..., 12
     steps = [h["step"] for h in cb.history]
     assert steps == [0, 2, 4, 6, 8, 10, 12]
     assert [h["target"] for h in cb.history] == pytest.approx(

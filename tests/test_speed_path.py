@@ -1,5 +1,6 @@
 """The fast training path keeps every feature of Lightning's stock per-step behaviour: the same
-losses logged at the same steps, a progress bar on request, batches that need moving still moved."""
+training, the same metrics logged at the same steps, a progress bar on request, batches that need
+moving still moved, whether a training_step call takes one batch or a block of them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
+from compresslab.data import StepBlock, TensorBatches
 from compresslab.job import build_datamodule
 from compresslab.models import build_model
 from compresslab.errors import ConfigError
@@ -28,14 +30,25 @@ def config(*overrides):
                                            *overrides])
 
 
-class StockLogging(Classifier):
-    """Lightning's stock behaviour: the training loss logged on every step."""
+class LightningStock(Classifier):
+    """The same module as Lightning runs it stock: one batch per training_step call, automatic
+    optimisation (its closure, its scheduler stepping and gradient clipping), the loss logged
+    through `self.log` on every step. The reference the written-out, blocked step must match."""
 
-    def logs_this_step(self) -> bool:
-        return True
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization = True
+
+    def training_step(self, batch, batch_idx):
+        loss = self.training_loss(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_epoch_end(self):
+        pass
 
 
-def logged_losses(cls, cfg, tmp_path) -> list[tuple[int, float]]:
+def logged_rows(cls, cfg, tmp_path) -> list[tuple[int, str, float]]:
     dm = build_datamodule(cfg)
     dm.setup()
     pl.seed_everything(0, verbose=False)
@@ -45,35 +58,41 @@ def logged_losses(cls, cfg, tmp_path) -> list[tuple[int, float]]:
     logger = CSVLogger(str(tmp_path), name="csv", version="")
     fit(cfg, module, dm, tmp_path, cfg.train.epochs, [logger], checkpoints=False)
     with open(tmp_path / "csv" / "metrics.csv") as f:
-        return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
+        return [(int(r["step"]), key, float(r[key])) for r in csv.DictReader(f)
+                for key in ("train/loss", "val/acc", "epoch") if r.get(key)]
 
 
-def test_loss_is_logged_at_the_same_steps_with_the_same_values_as_stock_lightning(tmp_path):
-    cfg = config("model=mlp", "train.epochs=2", "trainer.log_every_n_steps=3")  # 10 steps/epoch, 20 in all
-    fast = logged_losses(Classifier, cfg, tmp_path / "fast")
-    stock = logged_losses(StockLogging, cfg, tmp_path / "stock")
-    assert [s for s, _ in fast] == [s for s, _ in stock]
-    assert len(fast) == 20 // 3
-    assert [v for _, v in fast] == pytest.approx([v for _, v in stock])
+@pytest.mark.parametrize("steps_per_call", [1, 3, 8])
+def test_metrics_are_logged_at_the_same_steps_with_the_same_values_as_stock_lightning(tmp_path, steps_per_call):
+    # 8 steps per epoch, 16 in all: blocks of 3 end mid-epoch, blocks of 8 exactly at its end
+    cfg = config("model=mlp", "train.epochs=2", "data.val_fraction=0.2", "trainer.log_every_n_steps=3")
+    fast = logged_rows(Classifier, OmegaConf.merge(cfg, {"trainer": {"steps_per_call": steps_per_call}}),
+                       tmp_path / "fast")
+    stock = logged_rows(LightningStock, OmegaConf.merge(cfg, {"trainer": {"steps_per_call": 1}}), tmp_path / "stock")
+    assert [(s, k) for s, k, _ in fast] == [(s, k) for s, k, _ in stock]
+    assert sum(k == "train/loss" for _, k, _ in fast) == 16 // 3
+    assert sum(k == "val/acc" for _, k, _ in fast) == 2
+    assert [v for _, _, v in fast] == pytest.approx([v for _, _, v in stock])
 
 
-def test_logs_this_step_follows_log_every_n_steps(tmp_path):
-    cfg = config("model=mlp", "train.epochs=1", "trainer.log_every_n_steps=4")
-    seen = []
+def test_training_batches_come_in_blocks_of_steps_per_call_in_the_same_order():
+    x = torch.arange(20.0)[:, None]
+    plain = list(TensorBatches(x, torch.arange(20), batch_size=2, shuffle=True, seed=3))
+    blocked = TensorBatches(x, torch.arange(20), batch_size=2, shuffle=True, seed=3, steps_per_call=4)
+    blocks = list(blocked)
+    assert blocked.num_batches == 10 and len(blocked) == len(blocks) == 3
+    assert all(isinstance(b, StepBlock) for b in blocks) and [len(b) for b in blocks] == [4, 4, 2]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(plain, [b for block in blocks for b in block]))
 
-    class Spy(Classifier):
-        def training_step(self, batch, batch_idx):
-            seen.append(self.logs_this_step())
-            return super().training_step(batch, batch_idx)
 
+def test_steps_per_call_must_be_a_positive_integer(tmp_path):
+    cfg = config("model=mlp", "trainer.steps_per_call=0")
     dm = build_datamodule(cfg)
     dm.setup()
-    module = Spy(build_model(OmegaConf.to_container(cfg.model), dm.input_shape, dm.num_classes),
-                 dm.num_classes, OmegaConf.to_container(cfg.train.optimizer))
-    fit(cfg, module, dm, tmp_path, 1, checkpoints=False)
-    assert seen == [(i + 1) % 4 == 0 for i in range(10)]
-    # Outside a trainer (a hand-called training_step) the loss is always logged.
-    assert Classifier(torch.nn.Linear(2, 2), 2, {"name": "sgd", "lr": 0.1}).logs_this_step()
+    module = Classifier(build_model(OmegaConf.to_container(cfg.model), dm.input_shape, dm.num_classes),
+                        dm.num_classes, OmegaConf.to_container(cfg.train.optimizer))
+    with pytest.raises(ConfigError, match=r"trainer.steps_per_call=0 is out of range"):
+        fit(cfg, module, dm, tmp_path, 1, checkpoints=False)
 
 
 def test_batches_already_on_the_device_are_passed_through_and_others_moved():
@@ -126,24 +145,12 @@ def test_loss_is_a_progress_bar_value_only_when_a_bar_is_shown(tmp_path, bar):
     assert "train/loss" in trainer.callback_metrics
 
 
-class LightningOptimised(Classifier):
-    """The same module under Lightning's automatic optimisation (its closure, its scheduler stepping
-    and gradient clipping): the reference the written-out step must match."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.automatic_optimization = True
-
-    def training_step(self, batch, batch_idx):
-        return self.training_loss(batch)
-
-    def on_train_epoch_end(self):
-        pass
-
-
-@pytest.mark.parametrize("scheduler,clip", [("cosine", None), ("onecycle", None), ("step", 0.05)])
-def test_written_out_step_trains_exactly_as_lightnings_automatic_optimisation(tmp_path, scheduler, clip):
+@pytest.mark.parametrize("scheduler,clip,steps_per_call",
+                         [("cosine", None, 8), ("onecycle", None, 3), ("onecycle", None, 1), ("step", 0.05, 4)])
+def test_written_out_step_trains_exactly_as_lightnings_automatic_optimisation(tmp_path, scheduler, clip,
+                                                                              steps_per_call):
     cfg = config("model=mlp", "train.epochs=3", f"train.scheduler.name={scheduler}", "+train.scheduler.step_size=1",
+                 f"trainer.steps_per_call={steps_per_call}",
                  "train.optimizer.name=sgd", "train.optimizer.lr=0.05", f"trainer.gradient_clip_val={clip or 'null'}")
     dm = build_datamodule(cfg)
     dm.setup()
@@ -156,6 +163,7 @@ def test_written_out_step_trains_exactly_as_lightnings_automatic_optimisation(tm
         if cls is Classifier:
             fit(cfg, module, dm, tmp_path / "ours", cfg.train.epochs, checkpoints=False)
         else:
+            dm.steps_per_call = 1  # Lightning's stock contract: one batch per call
             pl.Trainer(max_epochs=cfg.train.epochs, logger=False, enable_checkpointing=False,
                        enable_progress_bar=False, enable_model_summary=False,
                        gradient_clip_val=clip).fit(module, datamodule=dm)
@@ -163,7 +171,7 @@ def test_written_out_step_trains_exactly_as_lightnings_automatic_optimisation(tm
         return [p.detach().clone() for p in model.parameters()], lr, module.global_step
 
     ours, ours_lr, ours_steps = trained(Classifier)
-    ref, ref_lr, ref_steps = trained(LightningOptimised)
+    ref, ref_lr, ref_steps = trained(LightningStock)
     assert ours_steps == ref_steps == 30
     assert ours_lr == pytest.approx(ref_lr) and ours_lr != pytest.approx(0.05)  # the schedule did move
     for a, b in zip(ours, ref):

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
+from compresslab import checks
 from compresslab.errors import diverged
 from compresslab.modules import Classifier
 
@@ -57,6 +58,8 @@ def fit(cfg, module: Classifier, dm, out_dir: Path, epochs: int, loggers=(), cal
         return {"val_acc": None, "train_time_s": 0.0}
     trainer = make_trainer(cfg, out_dir, epochs, loggers, checkpoints, dm.has_val, callbacks)
     module.gradient_clip_val = cfg.trainer.get("gradient_clip_val")
+    dm.steps_per_call = checks.number(cfg.trainer.get("steps_per_call", 1), "trainer.steps_per_call", lo=1,
+                                      integer=True)
     last = Path(out_dir) / "checkpoints" / "last.ckpt"
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if checkpoints and last.is_file() else None)

@@ -1,7 +1,8 @@
 """`CompressionCallback`: compress a model while Lightning trains it, and keep it compressed.
 
-It works with any LightningModule whose `.model` is the nn.Module to compress (the classifier, a
-distillation student, ...). Usage::
+It works with a Classifier (or subclass: a distillation student, ...) whose `.model` is the nn.Module
+to compress: the Classifier calls its per-optimizer-step hooks (`on_train_step_start`,
+`on_train_step_end`), as one training_step call may run several steps. Usage::
 
     from compresslab.compression import CompressionCallback
     cb = CompressionCallback(cfg.method)            # the flat method config (conf/method/*.yaml)
@@ -71,12 +72,13 @@ class CompressionCallback(Callback):
     # -- Lightning hooks -----------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module):
         self.model = pl_module.model
-        spe = int(trainer.num_training_batches) if math.isfinite(trainer.num_training_batches) else 0
+        steps = pl_module.train_steps_per_epoch()
+        spe = int(steps) if math.isfinite(steps) else 0
         n, epochs = len(self.transforms), max(1, trainer.max_epochs or 1)
         starts = [i * epochs // n * spe for i in range(n)] + [epochs * spe]
         self._bounds = list(zip(starts[:-1], starts[1:]))
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+    def on_train_step_start(self, trainer, pl_module):
         step = trainer.global_step
         active = max(i for i, (start, _) in enumerate(self._bounds) if start <= step)
         for i in range(active + 1):
@@ -93,7 +95,7 @@ class CompressionCallback(Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         self._swap_out()  # the gradient was taken at the quantized weights; it updates the latent ones
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def on_train_step_end(self, trainer, pl_module):
         self._swap_out()
         apply_masks_(self.model, self.masks)
 

@@ -33,24 +33,50 @@ def random_shift(x: torch.Tensor, max_px: int, generator: torch.Generator | None
                   torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
 
 
+class StepBlock(list):
+    """Consecutive training batches for one `training_step` call, each to get its own optimizer
+    step (`trainer.steps_per_call` of them; fewer at the end of an epoch)."""
+
+
 class TensorBatches:
     """An iterable of (x, y) batches over in-memory tensors; a fresh seeded shuffle each pass.
 
     With `extra` (a tensor aligned with x, e.g. a teacher's precomputed logits) batches are
-    (x, y, extra); it describes the unaugmented inputs."""
+    (x, y, extra); it describes the unaugmented inputs. With `steps_per_call` > 1 it yields
+    StepBlocks of that many batches instead: Lightning's per-batch work (hooks, progress, logging
+    checks, about 0.4 ms on CPU) is then paid once per block, not once per optimizer step."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
                  seed: int = 0, shift_px: int = 0, rank: int = 0, world_size: int = 1,
-                 extra: torch.Tensor | None = None):
+                 extra: torch.Tensor | None = None, steps_per_call: int = 1):
         self.x, self.y, self.extra = x, y, extra
         self.batch_size, self.shuffle, self.shift_px = batch_size, shuffle, shift_px
         self.rank, self.world_size = rank, world_size
+        self.steps_per_call = steps_per_call
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __len__(self) -> int:
+    @property
+    def num_batches(self) -> int:
+        """Batches (optimizer steps, when training) in one pass."""
         return math.ceil(math.ceil(len(self.y) / self.world_size) / self.batch_size)
 
+    def __len__(self) -> int:
+        return math.ceil(self.num_batches / self.steps_per_call)
+
     def __iter__(self):
+        if self.steps_per_call == 1:
+            yield from self._batches()
+            return
+        block = StepBlock()
+        for batch in self._batches():
+            block.append(batch)
+            if len(block) == self.steps_per_call:
+                yield block
+                block = StepBlock()
+        if block:
+            yield block
+
+    def _batches(self):
         n = len(self.y)
         if self.shuffle or self.world_size > 1:
             order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
@@ -119,6 +145,8 @@ class TensorDataModule(pl.LightningDataModule):
         self.cv = dict(cv or {})
         self.max_train, self.max_test = max_train, max_test
         self.shift_px, self.on_device, self.seed = shift_px, on_device, seed
+        # Batches per training_step call (training.fit sets it from trainer.steps_per_call).
+        self.steps_per_call = 1
         self.source_options = source_options
         self.arrays: Arrays | None = None
         # Optional per-sample tensor aligned with x_train, yielded as a third batch element
@@ -175,7 +203,7 @@ class TensorDataModule(pl.LightningDataModule):
         extra = self.train_extra.to(device) if train and self.train_extra is not None else None
         return TensorBatches(x, y, batch_size, shuffle=train, seed=self.seed,
                              shift_px=self.shift_px if train else 0, rank=rank, world_size=world,
-                             extra=extra)
+                             extra=extra, steps_per_call=self.steps_per_call if train else 1)
 
     def train_dataloader(self):
         return self._batches(self.x_train, self.y_train, self.batch_size, train=True)
