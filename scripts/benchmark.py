@@ -296,7 +296,7 @@ def epoch_workloads(args) -> list[dict]:
     n_res = 256 if q else args.resnet_samples
     resnet = ["data=synthetic", "model=resnet20", "data.val_fraction=0", "data.batch_size=128",
               "data.synthetic.shape=[3,32,32]", f"data.synthetic.n_train={n_res}", "data.synthetic.n_test=256"]
-    return [{"name": "LeNet-300-100, MNIST", "overrides": lenet, "reps": 2 if q else 3, "epochs": 2 if q else 3,
+    return [{"name": "LeNet-300-100, MNIST", "overrides": lenet, "reps": 2 if q else 5, "epochs": 2 if q else 3,
              "stock": True},
             {"name": "ResNet-20, CIFAR-shaped synthetic", "overrides": resnet, "reps": 1 if q else 2,
              "epochs": 2, "stock": False}]

@@ -204,3 +204,28 @@ def test_onecycle_steps_per_batch_and_needs_the_step_count():
     assert built["lr_scheduler"]["interval"] == "step"
     with pytest.raises(ConfigError, match="onecycle needs a known number of training steps"):
         build_optimizer(params, {"name": "adam", "lr": 0.1}, {"name": "onecycle"}, 2)
+
+
+class BackwardCounter(pl.Callback):
+    def __init__(self):
+        self.calls = 0
+
+    def on_after_backward(self, trainer, pl_module):
+        self.calls += 1
+
+
+def test_backward_hooks_still_run_on_every_step_when_something_implements_them(tmp_path):
+    cfg = config("model=mlp", "train.epochs=1", "trainer.steps_per_call=3")  # 10 steps: blocks of 3, 3, 3, 1
+    dm = build_datamodule(cfg)
+    dm.setup()
+
+    def fitted(callbacks):
+        module = Classifier(build_model(OmegaConf.to_container(cfg.model), dm.input_shape, dm.num_classes),
+                            dm.num_classes, OmegaConf.to_container(cfg.train.optimizer))
+        fit(cfg, module, dm, tmp_path, 1, callbacks=callbacks, checkpoints=False)
+        return module
+
+    assert fitted([])._plain_backward  # nothing listens: loss.backward() itself
+    counter = BackwardCounter()
+    assert not fitted([counter])._plain_backward
+    assert counter.calls == 10
