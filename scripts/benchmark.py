@@ -335,8 +335,16 @@ def bench_epoch(args) -> dict:
                 raw = RawLoop(cfg, dm, w["epochs"], device, args.bf16, channels_last)
                 times, raw_times = compresslab_fit(cfg, dm, w["epochs"], stock_lightning=v == "stock", raw=raw)
                 pairs[v] += [(*a, *r) for a, r in zip(times, raw_times)]
+            if w["stock"]:  # the pairing's own error: a raw loop paired with a second raw loop
+                first, second = (RawLoop(cfg, dm, w["epochs"], device, args.bf16, channels_last) for _ in range(2))
+                pairs.setdefault("raw_control", []).extend(
+                    (*first.epoch(), *second.epoch()) for _ in range(w["epochs"]))
         row = {"workload": w["name"], "samples": len(dm.y_train), "batch_size": dm.batch_size,
                "epochs_per_run": w["epochs"], "reps": w["reps"], "epoch_pairs": pairs}
+        if "raw_control" in pairs:
+            control = [p[0] / p[2] for p in pairs["raw_control"]]
+            row["raw_control_wall_ratio"] = median(control)
+            row["raw_control_wall_range"] = [min(control), max(control)]
         for clock, i in (("wall", 0), ("cpu", 1)):
             row[f"raw_{clock}_s"] = median([p[2 + i] for p in pairs["compresslab"]])
             for v in variants:
@@ -346,7 +354,7 @@ def bench_epoch(args) -> dict:
         print(f"[epoch] {w['name']}: wall raw {row['raw_wall_s']:.3f} s, compresslab {row['compresslab_wall_s']:.3f} s "
               f"({row['compresslab_wall_ratio']:.3f}x); CPU time ratio {row['compresslab_cpu_ratio']:.3f}"
               + (f"; stock Lightning per-step path {row['stock_wall_ratio']:.3f}x wall, {row['stock_cpu_ratio']:.3f}x CPU"
-                 if w["stock"] else ""), flush=True)
+                 f"; raw paired with raw {row['raw_control_wall_ratio']:.3f}x" if w["stock"] else ""), flush=True)
     return {"workloads": out}
 
 
@@ -660,6 +668,11 @@ def markdown(res: dict) -> str:
                          f"epochs | {w['raw_wall_s']:.3f} / {w['raw_cpu_s']:.3f} | {w['compresslab_wall_s']:.3f} / "
                          f"{w['compresslab_cpu_s']:.3f} | **{w['compresslab_wall_ratio']:.3f}** | "
                          f"**{w['compresslab_cpu_ratio']:.3f}** | {stock} |")
+        for w in s["epoch"]["workloads"]:
+            if "raw_control_wall_ratio" in w:
+                lo, hi = w["raw_control_wall_range"]
+                lines += ["", f"Pairing check ({w['workload']}): the raw loop paired the same way with a second raw "
+                              f"loop gives {w['raw_control_wall_ratio']:.3f}× (pairs from {lo:.3f}× to {hi:.3f}×)."]
         lines += ["", "compresslab = `Classifier` + `make_trainer`/`fit` + `TensorDataModule` with the job's "
                   "checkpoints and CSV + offline W&B loggers and its `trainer.steps_per_call` batches per "
                   "training_step call; both loops use the job's optimizer (fused Adam by default); stock = the "
