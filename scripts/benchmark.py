@@ -656,9 +656,9 @@ def markdown(res: dict) -> str:
 
     if not fail("epoch"):
         lines += ["### Per-epoch training time vs a hand-written loop (paired epochs)", "",
-                  f"Target: compresslab ≤ 1.10× the raw loop. Each compresslab epoch is followed by an epoch of "
-                  f"the raw loop; ratio = median over these pairs of their ratio, times = medians. Wall = elapsed "
-                  f"time; CPU = this process's CPU time.", "",
+                  "Target: compresslab ≤ 1.10× the raw loop. Each compresslab epoch is followed by an epoch of "
+                  "the raw loop; ratio = median over these pairs of their ratio, times = medians. Wall = elapsed "
+                  "time; CPU = this process's CPU time.", "",
                   "| workload | samples | raw loop s (wall / CPU) | compresslab s (wall / CPU) | ratio wall | ratio CPU "
                   "| stock Lightning per-step path: ratio wall | ratio CPU |",
                   "|---|---|---|---|---|---|---|---|"]

@@ -481,7 +481,7 @@ def report(repro: Reproduction, out: Path, seeds: list[int], quick: bool, header
     met, checked = targets_met(repro, rows)
     text = "\n".join([f"## {repro.name}: {repro.title}", "", f"Source: {repro.source}.", "", *header,
                       "", table, "", f"Targets met: {met} of {checked}."]
-                     + ([f"", repro.notes] if repro.notes else [])) + "\n"
+                     + (["", repro.notes] if repro.notes else [])) + "\n"
     (out / "table.md").write_text(text)
     return text, met, checked
 
