@@ -24,6 +24,7 @@ from compresslab.data import TensorDataModule
 from compresslab.errors import CompresslabError, ConfigError
 from compresslab.loggers import finish, job_loggers
 from compresslab.methods import RUNNERS
+from compresslab.steps import execute
 
 log = logging.getLogger(__name__)
 # Lightning's start-up banners (GPU/TPU availability, tips) say nothing about the job.
@@ -59,6 +60,14 @@ def resolved_config(cfg: DictConfig) -> dict:
 
 def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None,
             run_name: str | None = None, group: str | None = None) -> dict:
+    """Run one job on its own; returns its record (also written to `out_dir/result.json`)."""
+    return execute(job_steps(cfg, out_dir, overrides, run_name, group))
+
+
+def job_steps(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None,
+              run_name: str | None = None, group: str | None = None, stack: dict | None = None):
+    """The job as steps (compresslab.steps), record keeping included: returns the record. `stack`
+    ({id, size, slot}) says which stacked model served its steps, if one did."""
     out_dir = Path(out_dir)
     started = time.time()
     record = {"schema_version": results.SCHEMA_VERSION, "status": "failed", "error": None,
@@ -67,6 +76,8 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None,
               "method": str(cfg.method.get("name", "?")), "metrics": {}, "paths": {"checkpoint": None},
               "versions": versions(),
               "job": {"output_dir": str(out_dir), "host": socket.gethostname(), "started": started}}
+    if stack is not None:
+        record["job"]["stack"] = dict(stack)
     job = Job(cfg, out_dir, {})
     try:
         job.config = resolved_config(cfg)
@@ -82,7 +93,7 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None,
         runner.check(cfg)
         job.dm.setup()
         job.loggers = job_loggers(cfg, out_dir, job.config, run_name or out_dir.name, group)
-        metrics, paths = runner.run(job)
+        metrics, paths = yield from runner.steps(job)
         record.update(status="ok", metrics=metrics, paths={**record["paths"], **paths})
     except CompresslabError as e:
         record["error"] = str(e)

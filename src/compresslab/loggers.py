@@ -15,14 +15,19 @@ def job_loggers(cfg, out_dir: Path, config: dict, run_name: str, group: str | No
     loggers = [CSVLogger(str(out_dir), name="csv", version="")] if cfg.logger.csv else []
     wb = cfg.logger.wandb
     if wb.enabled:
+        import wandb
         from pytorch_lightning.loggers import WandbLogger
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        mode = "offline" if wb.offline else "online"
-        loggers.append(WandbLogger(project=wb.project, entity=wb.get("entity"), name=run_name,
-                                   group=group, job_type=cfg.method.name, tags=list(cfg.get("tags", [])),
-                                   save_dir=str(out_dir), mode=mode, config=config,
-                                   settings=_wandb_settings()))
+        # The job's own run, never the process's current one: a stack of jobs holds one run per job
+        # open at once in one process.
+        run = wandb.init(project=wb.project, entity=wb.get("entity"), name=run_name, group=group,
+                         job_type=cfg.method.name, tags=list(cfg.get("tags", [])), dir=str(out_dir),
+                         mode="offline" if wb.offline else "online", config=config,
+                         settings=_wandb_settings(), reinit="create_new")
+        run.define_metric("trainer/global_step")  # the x-axis WandbLogger's own runs get
+        run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+        loggers.append(WandbLogger(experiment=run, save_dir=str(out_dir)))
     return loggers
 
 

@@ -10,6 +10,7 @@ working POSIX locks, or train the baseline first.)
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -52,3 +53,29 @@ def trained_once(cache_dir: Path, kind: str, spec: dict, train: Callable[[Path],
             return path
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def train_missing_together(cache_dir: Path, kind: str, specs: list[dict],
+                           train_all: Callable[[list[tuple[dict, Path]]], None]) -> None:
+    """`trained_once` for several specs at once (a stack of jobs): every spec not cached yet is
+    locked (in one order, so two processes never wait on each other), and `train_all([(spec,
+    directory), ...])` trains them together, each writing MODEL_FILE into its directory. A spec it
+    could not train stays missing: the job that needs it trains it (and fails) on its own."""
+    missing = {key_of(s): s for s in specs if not cached_model_path(cache_dir, kind, s).is_file()}
+    if not missing:
+        return
+    with contextlib.ExitStack() as held:
+        claimed = []
+        for key in sorted(missing):
+            path = cached_model_path(cache_dir, kind, missing[key])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = held.enter_context(open(path.parent / ".lock", "w"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            held.callback(fcntl.flock, lock, fcntl.LOCK_UN)
+            if path.is_file():
+                continue  # trained by a concurrent job while we waited
+            (path.parent / "spec.json").write_text(json.dumps(missing[key], indent=2, default=str))
+            claimed.append((missing[key], path.parent))
+        if claimed:
+            log.info("training %d %s models once for every job that needs them", len(claimed), kind)
+            train_all(claimed)

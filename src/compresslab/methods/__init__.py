@@ -1,5 +1,6 @@
 """What one job does, by `method.kind`: each entry has `check(cfg)` (raises ConfigError before any
-training) and `run(job) -> (metrics, paths)`."""
+training) and `steps(job)`, a generator of training and evaluation requests
+(compresslab.steps) that returns (metrics, paths)."""
 
 from compresslab.methods import baseline, compress, distill
 

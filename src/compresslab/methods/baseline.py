@@ -14,7 +14,7 @@ from compresslab.checkpoint import load_model, save_model
 from compresslab.metrics import count_params, size_fp32_bytes
 from compresslab.models import build_model
 from compresslab.modules import Classifier
-from compresslab.training import evaluate, fit
+from compresslab.steps import Evaluate, Fit, execute
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +40,16 @@ def model_spec(cfg, model_cfg, train_cfg) -> dict:
             "deterministic": bool(cfg.get("deterministic", False))}
 
 
-def train_classifier(cfg, dm, model_cfg, train_cfg, out_dir: Path, loggers=(),
-                     callbacks=()) -> tuple[Classifier, dict]:
-    """Build, train and test one classifier; write its portable `model.pt` into `out_dir`.
-    `callbacks` join the fit (e.g. a CompressionCallback for a compressed student's scratch twin)."""
+def train_classifier(cfg, dm, model_cfg, train_cfg, out_dir: Path, loggers=(), callbacks=()):
+    """Steps (compresslab.steps) that build, train and test one classifier and write its portable
+    `model.pt` into `out_dir`; they return (module, metrics). `callbacks` join the fit (e.g. a
+    CompressionCallback for a compressed student's scratch twin)."""
     model = build_model(_plain(model_cfg), dm.input_shape, dm.num_classes)
     module = Classifier(model, dm.num_classes, _plain(train_cfg.optimizer), _plain(train_cfg.scheduler),
                         train_cfg.epochs)
-    fitted = fit(cfg, module, dm, out_dir, train_cfg.epochs, loggers, callbacks)
-    metrics = {**evaluate(cfg, module, dm), "val_acc": fitted["val_acc"],
-               "train_time_s": fitted["train_time_s"]}
+    fitted = yield Fit(cfg, module, dm, out_dir, train_cfg.epochs, loggers, callbacks)
+    scores = yield Evaluate(cfg, module, dm)
+    metrics = {**scores, "val_acc": fitted["val_acc"], "train_time_s": fitted["train_time_s"]}
     total, nonzero = count_params(model)
     metrics.update(params_total=total, params_nonzero=nonzero, size_fp32_bytes=size_fp32_bytes(model))
     save_model(Path(out_dir) / reuse.MODEL_FILE, model, _plain(model_cfg), dm.input_shape,
@@ -64,7 +64,7 @@ def obtain_trained(cfg, dm, model_cfg, train_cfg, kind: str, ckpt: str | None = 
         spec = model_spec(cfg, model_cfg, train_cfg)
 
         def train(directory: Path) -> Path:
-            train_classifier(cfg, dm, model_cfg, train_cfg, directory)
+            execute(train_classifier(cfg, dm, model_cfg, train_cfg, directory))
             return directory / reuse.MODEL_FILE
 
         ckpt = reuse.trained_once(Path(cfg.paths.cache_dir), kind, spec, train)
@@ -73,9 +73,18 @@ def obtain_trained(cfg, dm, model_cfg, train_cfg, kind: str, ckpt: str | None = 
     return model, payload, str(ckpt)
 
 
-def run(job) -> tuple[dict, dict]:
+def baseline_spec(cfg) -> dict | None:
+    """The spec of the trained-once baseline a compressed job of `cfg` starts from (None when it is
+    given a checkpoint, or is no compressed job)."""
+    if cfg.method.kind != "compress" or cfg.method.get("baseline_ckpt"):
+        return None
+    return model_spec(cfg, cfg.model, cfg.train)
+
+
+def steps(job):
+    """A baseline job's steps: returns (metrics, paths)."""
     cfg = job.cfg
-    _, metrics = train_classifier(cfg, job.dm, cfg.model, cfg.train, job.out_dir, job.loggers)
+    _, metrics = yield from train_classifier(cfg, job.dm, cfg.model, cfg.train, job.out_dir, job.loggers)
     model_path = job.out_dir / reuse.MODEL_FILE
     _publish(model_path, reuse.cached_model_path(Path(cfg.paths.cache_dir), "baseline",
                                                  model_spec(cfg, cfg.model, cfg.train)))

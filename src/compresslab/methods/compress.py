@@ -22,7 +22,7 @@ from compresslab.loggers import wandb_run
 from compresslab.methods.baseline import _plain, check_recipe, obtain_trained
 from compresslab.metrics import compression_metrics, latency_ms, size_fp32_bytes, state_dict_bytes
 from compresslab.modules import Classifier
-from compresslab.training import evaluate, fit
+from compresslab.steps import Evaluate, Fit
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def finetune_recipe(cfg) -> dict:
     return opt
 
 
-def run(job) -> tuple[dict, dict]:
+def steps(job):
+    """A compressed job's steps (compresslab.steps): returns (metrics, paths)."""
     cfg, dm = job.cfg, job.dm
     c = parse(cfg.method)
     model, _, ckpt = obtain_trained(cfg, dm, cfg.model, cfg.train, "baseline", cfg.method.get("baseline_ckpt"))
@@ -74,10 +75,10 @@ def run(job) -> tuple[dict, dict]:
     def module(net, epochs=1):
         return Classifier(net, dm.num_classes, finetune_recipe(cfg), scheduler, epochs)
 
-    baseline_acc = evaluate(cfg, module(model), dm)["test_acc"]
+    baseline_acc = (yield Evaluate(cfg, module(model), dm))["test_acc"]
     oneshot = copy.deepcopy(model)
     CompressionCallback(cfg.method).apply_all(oneshot)
-    before = evaluate(cfg, module(oneshot), dm)["test_acc"]
+    before = (yield Evaluate(cfg, module(oneshot), dm))["test_acc"]
     log.info("baseline test_acc %.4f; whole pipeline applied at once, before fine-tuning: %.4f",
              baseline_acc, before)
 
@@ -86,13 +87,13 @@ def run(job) -> tuple[dict, dict]:
         epochs = stage_epochs(c, name)
         callback = CompressionCallback(cfg.method, transforms=[name])
         if epochs:
-            fitted = fit(cfg, module(model, epochs), dm, job.out_dir / f"finetune_{name}", epochs,
-                         job.loggers, callbacks=[callback], checkpoints=False)
+            fitted = yield Fit(cfg, module(model, epochs), dm, job.out_dir / f"finetune_{name}", epochs,
+                               job.loggers, callbacks=[callback], checkpoints=False)
             train_time += fitted["train_time_s"]
         else:
             callback.apply_all(model)
         measured = verify(model, c, list(c.pipeline[:i + 1]))
-        acc = evaluate(cfg, module(model), dm)["test_acc"]
+        acc = (yield Evaluate(cfg, module(model), dm))["test_acc"]
         stages.append({"transform": name, "finetune_epochs": epochs, "test_acc": acc,
                        "val_acc": fitted["val_acc"] if epochs else None,
                        **compression_metrics(model, dm.input_shape), "measured": measured,
@@ -101,7 +102,7 @@ def run(job) -> tuple[dict, dict]:
         log.info("after %s (+%d epochs): test_acc %.4f, sparsity %.4f", name, epochs, acc,
                  stages[-1]["sparsity"])
 
-    final = evaluate(cfg, module(model), dm)
+    final = yield Evaluate(cfg, module(model), dm)
     figures = compression_metrics(model, dm.input_shape)
     artifact = job.out_dir / ARTIFACT_FILE
     artifact_bytes = save_artifact(artifact, model, _plain(cfg.model), dm.input_shape, dm.num_classes,

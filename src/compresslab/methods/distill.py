@@ -26,7 +26,7 @@ from compresslab.metrics import (compression_metrics, count_params, prediction_a
 from compresslab.models import build_model
 from compresslab.modules import Classifier
 from compresslab.modules.distill import Distiller, predict_logits
-from compresslab.training import evaluate, fit
+from compresslab.steps import Evaluate, Fit
 
 log = logging.getLogger(__name__)
 
@@ -125,20 +125,22 @@ def _compression_callbacks(cfg) -> list:
     return [CompressionCallback(cfg.method.compress)]
 
 
-def run(job) -> tuple[dict, dict]:
+def steps(job):
+    """A distillation job's steps (compresslab.steps): returns (metrics, paths)."""
     cfg, dm = job.cfg, job.dm
     method = cfg.method
     compression = compression_of(cfg)
     teacher, teacher_ckpt = obtain_teacher(cfg, dm)
     teacher.eval().requires_grad_(False)
     optimizer, scheduler = _plain(cfg.train.optimizer), _plain(cfg.train.scheduler)
-    teacher_acc = evaluate(cfg, Classifier(teacher, dm.num_classes, optimizer), dm)["test_acc"]
+    teacher_acc = (yield Evaluate(cfg, Classifier(teacher, dm.num_classes, optimizer), dm))["test_acc"]
 
     extra = {}
     if method.get("scratch", False):
         pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the distilled student's init
-        scratch_module, scratch = train_classifier(cfg, dm, cfg.model, cfg.train, job.out_dir / "scratch",
-                                                   callbacks=_compression_callbacks(cfg))
+        scratch_module, scratch = yield from train_classifier(cfg, dm, cfg.model, cfg.train,
+                                                              job.out_dir / "scratch",
+                                                              callbacks=_compression_callbacks(cfg))
         if compression is not None:
             verify(scratch_module.model, compression, list(compression.pipeline))
         extra = {"scratch_test_acc": scratch["test_acc"], "scratch_train_time_s": scratch["train_time_s"]}
@@ -154,12 +156,12 @@ def run(job) -> tuple[dict, dict]:
         with warnings.catch_warnings():  # the frozen teacher is in eval mode on purpose
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
             # A compression callback cannot resume from a Lightning checkpoint: none are written then.
-            fitted = fit(cfg, module, dm, job.out_dir, cfg.train.epochs, job.loggers,
-                         callbacks=_compression_callbacks(cfg), checkpoints=compression is None)
+            fitted = yield Fit(cfg, module, dm, job.out_dir, cfg.train.epochs, job.loggers,
+                               callbacks=_compression_callbacks(cfg), checkpoints=compression is None)
     finally:
         dm.train_extra = None
 
-    metrics = {**evaluate(cfg, module, dm), "val_acc": fitted["val_acc"],
+    metrics = {**(yield Evaluate(cfg, module, dm)), "val_acc": fitted["val_acc"],
                "train_time_s": fitted["train_time_s"]}
     total, nonzero = count_params(student)
     teacher_total, _ = count_params(teacher)

@@ -200,7 +200,13 @@ def build_optimizer(params, optimizer: dict, scheduler: dict, epochs: int, total
     params = list(params)
     if opt.get("fused") and not all(p.device.type in FUSED_DEVICES for p in params):
         opt.pop("fused")  # e.g. an accelerator torch has no fused kernels for: the per-tensor loop
-    optim = OPTIMIZERS[name](params, **opt)
+    return with_schedule(OPTIMIZERS[name](params, **opt), scheduler, epochs, total_steps,
+                         peak_lr=opt.get("lr", 1e-3))
+
+
+def with_schedule(optim, scheduler: dict, epochs: int, total_steps: int | None = None, peak_lr: float = 1e-3):
+    """`optim` with the schedule of `scheduler`, in the form configure_optimizers returns; `peak_lr`
+    is onecycle's maximum."""
     sched = dict(scheduler)
     kind = sched.pop("name", "none")
     if kind in ("none", None):
@@ -215,7 +221,7 @@ def build_optimizer(params, optimizer: dict, scheduler: dict, epochs: int, total
             raise ConfigError("scheduler onecycle needs a known number of training steps (a finite epoch length)")
         # Warm-up then cosine annealing, per batch (Smith & Topin 2019): the same budget reaches a lower
         # error than a per-epoch cosine for long, heavily regularised runs such as dropout teachers.
-        lr_sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=opt.get("lr", 1e-3), total_steps=int(total_steps),
+        lr_sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=peak_lr, total_steps=int(total_steps),
                                                        pct_start=sched.get("pct_start", 0.3))
         return {"optimizer": optim, "lr_scheduler": {"scheduler": lr_sched, "interval": "step"}}
     else:

@@ -1,0 +1,274 @@
+"""Run a stack of jobs: K jobs' steps (compresslab.steps) served together, each request of the K
+jobs by one batched model (modules/stacked.py).
+
+Every job runs its own code (`job.job_steps`): it builds its own model, data and callbacks, writes
+its own record, model.pt, artifact, CSV log and W&B run. Only the training and testing are shared:
+the K generators advance in lock-step, and each round's K `Fit` (or `Evaluate`) requests are served
+as one. Each job keeps its own random-number state between rounds, so what it draws (its initial
+weights above all) is what it would draw running alone. A job that fails leaves the stack; the
+others go on. Baselines the stack's compressed jobs need and nobody has trained yet are trained
+first, as a stack of their own, and cached exactly as a job on its own would cache them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from compresslab import reuse
+from compresslab.errors import CompresslabError, DivergedError
+from compresslab.modules import Classifier
+from compresslab.modules.stacked import StackedBatches, StackedClassifier
+from compresslab.steps import Evaluate, Fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Member:
+    """One job of a stack, as the launcher composed it."""
+    cfg: object          # the job's config (Hydra's own settings removed)
+    out_dir: Path
+    overrides: list
+    run_name: str
+    group: str | None
+
+
+class RandomState:
+    """One job's random-number state (torch, CUDA, numpy, random), kept while other jobs run."""
+
+    def __init__(self):
+        self.saved = None
+
+    def __enter__(self):
+        if self.saved is not None:
+            torch_state, cuda_state, np_state, py_state = self.saved
+            torch.set_rng_state(torch_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state_all(cuda_state)
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        return self
+
+    def __exit__(self, *exc):
+        cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self.saved = (torch.get_rng_state(), cuda_state, np.random.get_state(), random.getstate())
+        return False
+
+
+def serve_together(generators: list[Generator]) -> list:
+    """Advance `generators` (job steps) in lock-step, serving each round's requests together;
+    returns what each generator returned, in order."""
+    k = len(generators)
+    states = [RandomState() for _ in range(k)]
+    results: list = [None] * k
+    requests: dict[int, object] = {}
+
+    def advance(slot: int, value=None, error: BaseException | None = None, first: bool = False) -> None:
+        with states[slot]:
+            try:
+                if first:
+                    request = next(generators[slot])
+                elif error is not None:
+                    request = generators[slot].throw(error)
+                else:
+                    request = generators[slot].send(value)
+            except StopIteration as done:
+                results[slot] = done.value
+                requests.pop(slot, None)
+                return
+        requests[slot] = request
+
+    for slot in range(k):
+        advance(slot, first=True)
+    while requests:
+        slots = sorted(requests)
+        outcomes = serve([requests[s] for s in slots])
+        interrupt = None
+        for slot, outcome in zip(slots, outcomes):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    interrupt = outcome  # Ctrl-C: every job records it, then the stack stops
+                advance(slot, error=outcome)
+            else:
+                advance(slot, value=outcome)
+        if interrupt is not None:
+            raise interrupt
+    return results
+
+
+def serve(requests: list) -> list:
+    """Outcomes (a value, or the exception to throw into that job) of one round's requests: those
+    that can share a batched model are served together, the others one by one."""
+    outcomes: list = [None] * len(requests)
+    groups: dict = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(together_key(r), []).append(i)
+    for key, members in groups.items():
+        batch = [requests[i] for i in members]
+        if key is None or len(batch) == 1:
+            results = [_serve_alone(r) for r in batch]
+        else:
+            try:
+                results = (stacked_fit if isinstance(batch[0], Fit) else stacked_evaluate)(batch)
+            except BaseException as e:  # noqa: BLE001 - every job of the stack records it
+                log.exception("the stacked model failed")
+                results = [e] * len(batch)
+        for i, outcome in zip(members, results):
+            outcomes[i] = outcome
+    return outcomes
+
+
+def _serve_alone(request):
+    try:
+        return request.run()  # exactly as `steps.execute` serves it
+    except BaseException as e:  # noqa: BLE001 - thrown into the job that asked
+        return e
+
+
+def together_key(request) -> tuple | None:
+    """Requests with equal keys can be served by one batched model; None: only on its own."""
+    shapes = tuple((n, tuple(p.shape)) for n, p in request.module.model.named_parameters())
+    if isinstance(request, Evaluate):
+        return ("evaluate", shapes, len(request.dm.y_test), request.dm.eval_batch_size)
+    if type(request.module) is not Classifier or request.epochs <= 0:
+        return None
+    dm = request.dm
+    return ("fit", shapes, request.epochs, json.dumps(request.module.scheduler_cfg, sort_keys=True),
+            json.dumps(OmegaConf.to_container(request.cfg.trainer, resolve=True), sort_keys=True, default=str),
+            len(dm.y_train), len(dm.y_val), dm.batch_size, dm.shift_px)
+
+
+def stacked_fit(requests: list[Fit]) -> list:
+    """Train the K requests' modules as one StackedClassifier; each gets training.fit's result
+    ({val_acc, train_time_s}: its share of the stack's time) or its own error."""
+    from compresslab.training import make_trainer
+
+    k, first = len(requests), requests[0]
+    cfg = first.cfg
+    module = StackedClassifier([r.module.model for r in requests], first.dm.num_classes,
+                               [r.module.optimizer_cfg for r in requests], first.module.scheduler_cfg,
+                               first.epochs, callbacks=[list(r.callbacks) for r in requests],
+                               gradient_clip_val=cfg.trainer.get("gradient_clip_val"))
+    train = StackedBatches([r.dm.train_dataloader() for r in requests])
+    val = StackedBatches([r.dm.val_dataloader() for r in requests]) if first.dm.has_val else None
+    trainer = make_trainer(cfg, Path(first.out_dir), first.epochs, checkpoints=False, has_val=val is not None)
+    log.info("training %d models as one stacked model", k)
+    start = time.perf_counter()
+    try:
+        trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+    finally:
+        module.release_models()
+    elapsed = time.perf_counter() - start
+    module.check_finite("by the end of training")
+    outcomes = []
+    for slot, r in enumerate(requests):
+        if slot in module.failed:
+            outcomes.append(DivergedError(module.failed[slot]))
+            continue
+        weights = torch.cat([p.detach().flatten() for p in r.module.model.parameters()])
+        if not torch.isfinite(weights).all():
+            outcomes.append(DivergedError("training diverged: a weight is not finite after training; "
+                                          "lower train.optimizer.lr or set trainer.gradient_clip_val"))
+            continue
+        _write_history(r, module, slot)
+        outcomes.append({"val_acc": module.val_acc[slot], "train_time_s": elapsed / k})
+    return outcomes
+
+
+def _write_history(request: Fit, module: StackedClassifier, slot: int) -> None:
+    """The model's validation figures and best weights where a job on its own puts them."""
+    if module.val_acc[slot] is not None:
+        for logger in request.loggers:
+            logger.log_metrics({"val/acc": module.val_acc[slot], "val/loss": module.val_loss[slot],
+                                "epoch": module.current_epoch}, step=module.global_step)
+            logger.save()
+    if request.checkpoints and module.best[slot] is not None:
+        ckpt_dir = Path(request.out_dir) / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        acc, payload = module.best[slot]
+        tmp = ckpt_dir / ".best.pt.tmp"
+        torch.save({**payload, "val_acc": acc}, tmp)
+        tmp.replace(ckpt_dir / "best.pt")
+
+
+@torch.no_grad()
+def stacked_evaluate(requests: list[Evaluate]) -> list:
+    """Test accuracy and loss of K models at once, each on its own (normalised) test split."""
+    models = [r.module.model for r in requests]
+    module = StackedClassifier(models, requests[0].dm.num_classes, [{}] * len(models), {}, 1)
+    module.eval()
+    test = StackedBatches([r.dm.test_dataloader() for r in requests])
+    sums = None
+    for x, y in test:
+        logits = module(x)
+        k, b = y.shape
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(),
+                                                 reduction="none").view(k, b).double().sum(1)
+        correct = (logits.argmax(-1) == y).sum(1).double()
+        batch = torch.stack([loss, correct, torch.full_like(loss, b)])
+        sums = batch if sums is None else sums + batch
+    loss, correct, count = sums
+    return [{"test_acc": float(correct[i] / count[i]), "test_loss": float(loss[i] / count[i])}
+            for i in range(len(models))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines first: those the stack's compressed jobs need and that nobody has trained yet.
+
+def train_baselines(members: list[Member], label: str) -> None:
+    """Train, as one stack, the trained-once baselines the members need and the cache lacks."""
+    from compresslab.methods.baseline import baseline_spec
+
+    wanted = {}
+    for m in members:
+        spec = baseline_spec(m.cfg)
+        if spec is not None:
+            wanted.setdefault(reuse.key_of(spec), (spec, m))
+    if not wanted:
+        return
+    cache_dir = Path(members[0].cfg.paths.cache_dir)
+
+    def train_all(claimed: list[tuple[dict, Path]]) -> None:
+        by_key = {reuse.key_of(spec): directory for spec, directory in claimed}
+        chosen = [(wanted[key][1], directory) for key, directory in by_key.items()]
+        log.info("training %d baselines as one stack before the stack's compressed jobs", len(chosen))
+        serve_together([baseline_steps(m.cfg, directory) for m, directory in chosen])
+
+    reuse.train_missing_together(cache_dir, "baseline", [spec for spec, _ in wanted.values()], train_all)
+
+
+def baseline_steps(cfg, directory: Path):
+    """What a compressed job on its own does to train its missing baseline (methods/baseline.py's
+    obtain_trained): seeded as the job is, on the job's data, into the cache dir."""
+    from compresslab.job import build_datamodule
+    from compresslab.methods.baseline import train_classifier
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = build_datamodule(cfg)
+    dm.setup()
+    try:
+        yield from train_classifier(cfg, dm, cfg.model, cfg.train, directory)
+    except CompresslabError as e:
+        log.error("baseline for %s failed (%s); its jobs will say so", directory, e)
+
+
+def run_stack(members: list[Member], label: str) -> list[dict]:
+    """Run `members` as one stack; returns their records (each also written to its job dir)."""
+    from compresslab.job import job_steps
+
+    train_baselines(members, label)
+    gens = [job_steps(m.cfg, m.out_dir, m.overrides, m.run_name, m.group,
+                      stack={"id": label, "size": len(members), "slot": slot})
+            for slot, m in enumerate(members)]
+    return serve_together(gens)
