@@ -111,7 +111,8 @@ def test_a_diverging_model_fails_only_its_own_record(workdir):
 
 
 def test_jobs_without_a_stacked_form_run_alone_and_reruns_redo_only_unfinished_jobs(workdir):
-    command = [*SMALL, "model.hidden=[32,32],[16]", "seed=0,1,2", "hydra/launcher=stacked"]
+    command = [*[o for o in SMALL if not o.startswith("model.hidden")], "model.hidden=[32,32],[16]", "seed=0,1,2",
+               "hydra/launcher=stacked"]
     first = run_train(*command, multirun=True, tiny=False)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     recs = records(workdir / "outputs")
