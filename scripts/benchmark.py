@@ -20,6 +20,8 @@ machine may be shared and its load changes under us; ratios of neighbouring runs
 - parallel:  the same jobs one after another vs `hydra/launcher=parallel` (n jobs at once); beside it
              the same training as raw loops in separate processes, n at once vs one after another:
              the ceiling the cores and memory allow, whatever the framework does.
+- stacked:   a whole prune-rate x seed sweep, sequential vs `hydra/launcher=stacked`
+             (scripts/bench_stacked.py; its own flags there).
 - inference: latency of dense vs pruned (dense and sparse CSR storage) vs dynamically quantized
              int8 models, batch 1 and 256, on CPU.
 
@@ -44,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("epoch", "startup", "multirun", "sweep", "parallel", "inference")
+SECTIONS = ("epoch", "startup", "multirun", "sweep", "parallel", "inference", "stacked")
 PRUNE_RATES = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -635,6 +637,14 @@ def bench_inference(args) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Report
 
+def stacked_section(args) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_stacked import bench_stacked
+
+    args.gpu_points = [64, 256]
+    return bench_stacked(args)
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [f"## {res['date']} — {m['host']} ({m['cpus']} CPUs, {m.get('gpu') or m['cpu']}), device {m['device']}"
@@ -721,6 +731,10 @@ def markdown(res: dict) -> str:
             lines.append(f"| {model} | {variant} | {b[1]['compression_ratio']:.1f}× | {b[1]['latency_ms']:.3f} | "
                          f"{b[1]['speedup']:.2f}× | {b[256]['latency_ms']:.3f} | {b[256]['speedup']:.2f}× |")
         lines.append("")
+    if not fail("stacked"):
+        from bench_stacked import markdown_rows
+
+        lines += markdown_rows(s["stacked"])
     return "\n".join(lines) + "\n"
 
 
@@ -769,7 +783,7 @@ def main() -> None:
            "command": "python " + " ".join([os.path.relpath(__file__, REPO), *sys.argv[1:]]),
            "machine": machine(args.device), "load_start": load_average(), "sections": {}}
     funcs = {"epoch": bench_epoch, "startup": bench_startup, "multirun": bench_multirun, "sweep": bench_sweep,
-             "parallel": bench_parallel, "inference": bench_inference}
+             "parallel": bench_parallel, "inference": bench_inference, "stacked": stacked_section}
     for name in chosen:
         t = time.time()
         try:

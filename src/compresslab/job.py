@@ -48,6 +48,12 @@ def build_datamodule(cfg) -> TensorDataModule:
     return TensorDataModule(name, seed=cfg.seed, **options)
 
 
+def apply_threads(cfg) -> None:
+    """The torch threads the config asks for (`threads`; unset: keep the process's)."""
+    if cfg.get("threads"):
+        torch.set_num_threads(checks.number(cfg.threads, "threads", lo=1, integer=True))
+
+
 def resolved_config(cfg: DictConfig) -> dict:
     """The job's config as plain data, as hashed into `config_hash` (Hydra's own settings left out)."""
     try:
@@ -86,8 +92,7 @@ def job_steps(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None
         record["seed"] = checks.number(cfg.seed, "seed", integer=True)
         kind = checks.choice(cfg.method.kind, "method.kind", RUNNERS)
         runner = RUNNERS[kind]
-        if cfg.get("threads"):
-            torch.set_num_threads(checks.number(cfg.threads, "threads", lo=1, integer=True))
+        apply_threads(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         job.dm = build_datamodule(cfg)
         runner.check(cfg)

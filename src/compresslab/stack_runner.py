@@ -12,6 +12,7 @@ first, as a stack of their own, and cached exactly as a job on its own would cac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -66,16 +67,17 @@ class RandomState:
         return False
 
 
-def serve_together(generators: list[Generator]) -> list:
+def serve_together(generators: list[Generator], log_files: list[Path] | None = None) -> list:
     """Advance `generators` (job steps) in lock-step, serving each round's requests together;
-    returns what each generator returned, in order."""
+    returns what each generator returned, in order. What a job's own code logs goes to its
+    `log_files` entry too (the stacked training logs to the launcher's log only)."""
     k = len(generators)
     states = [RandomState() for _ in range(k)]
     results: list = [None] * k
     requests: dict[int, object] = {}
 
     def advance(slot: int, value=None, error: BaseException | None = None, first: bool = False) -> None:
-        with states[slot]:
+        with states[slot], job_log(log_files[slot] if log_files else None):
             try:
                 if first:
                     request = next(generators[slot])
@@ -107,6 +109,23 @@ def serve_together(generators: list[Generator]) -> list:
     return results
 
 
+@contextlib.contextmanager
+def job_log(path: Path | None):
+    """Copy the log records made meanwhile into the job's own log file."""
+    if path is None:
+        yield
+        return
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
 def serve(requests: list) -> list:
     """Outcomes (a value, or the exception to throw into that job) of one round's requests: those
     that can share a batched model are served together, the others one by one."""
@@ -115,18 +134,69 @@ def serve(requests: list) -> list:
     for i, r in enumerate(requests):
         groups.setdefault(together_key(r), []).append(i)
     for key, members in groups.items():
-        batch = [requests[i] for i in members]
-        if key is None or len(batch) == 1:
-            results = [_serve_alone(r) for r in batch]
-        else:
-            try:
-                results = (stacked_fit if isinstance(batch[0], Fit) else stacked_evaluate)(batch)
-            except BaseException as e:  # noqa: BLE001 - every job of the stack records it
-                log.exception("the stacked model failed")
-                results = [e] * len(batch)
-        for i, outcome in zip(members, results):
-            outcomes[i] = outcome
+        size = len(members) if key is None else fitting_stack_size([requests[i] for i in members])
+        for start in range(0, len(members), max(1, size)):
+            part = members[start:start + max(1, size)]
+            batch = [requests[i] for i in part]
+            if key is None or len(batch) == 1:
+                results = [_serve_alone(r) for r in batch]
+            else:
+                try:
+                    results = (stacked_fit if isinstance(batch[0], Fit) else stacked_evaluate)(batch)
+                except BaseException as e:  # noqa: BLE001 - every job of the stack records it
+                    log.exception("the stacked model failed")
+                    results = [e] * len(batch)
+            for i, outcome in zip(part, results):
+                outcomes[i] = outcome
     return outcomes
+
+
+def fitting_stack_size(requests: list) -> int:
+    """How many of `requests` one stacked model can hold in the device's free memory, by an
+    estimate: per model its parameters with gradients and two optimizer moments (4 copies), plus a
+    batch's activations and their gradients. A stack over that is split, with a log line."""
+    first = requests[0]
+    model = first.module.model
+    params = sum(p.numel() for p in model.parameters())
+    batch = first.dm.batch_size if isinstance(first, Fit) else first.dm.eval_batch_size
+    activations = activation_count(model, first.dm.input_shape)
+    per_model = 4 * (4 * params + 2 * batch * activations)
+    accelerator = str(first.cfg.trainer.get("accelerator", "cpu"))
+    free = free_memory_bytes(accelerator)
+    budget = int(0.7 * free)
+    fitting = max(1, budget // max(1, per_model))
+    if fitting < len(requests):
+        log.info("a stack of %d models needs about %.1f GiB (%.1f MiB each) of %.1f GiB free on %s: "
+                 "split into stacks of %d", len(requests), len(requests) * per_model / 2**30, per_model / 2**20,
+                 free / 2**30, accelerator, fitting)
+    return fitting
+
+
+def activation_count(model, input_shape) -> int:
+    """Outputs of every leaf module for one input: what a forward pass keeps for its backward."""
+    counts = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: counts.append(out.numel()))
+             for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+            model.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(counts)
+
+
+def free_memory_bytes(accelerator: str) -> int:
+    if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 2**62  # no way to tell here: trust max_models
 
 
 def _serve_alone(request):
@@ -159,7 +229,9 @@ def stacked_fit(requests: list[Fit]) -> list:
     module = StackedClassifier([r.module.model for r in requests], first.dm.num_classes,
                                [r.module.optimizer_cfg for r in requests], first.module.scheduler_cfg,
                                first.epochs, callbacks=[list(r.callbacks) for r in requests],
-                               gradient_clip_val=cfg.trainer.get("gradient_clip_val"))
+                               gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
+                               loggers=[list(r.loggers) for r in requests],
+                               log_every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 0))
     train = StackedBatches([r.dm.train_dataloader() for r in requests])
     val = StackedBatches([r.dm.val_dataloader() for r in requests]) if first.dm.has_val else None
     trainer = make_trainer(cfg, Path(first.out_dir), first.epochs, checkpoints=False, has_val=val is not None)
@@ -181,18 +253,15 @@ def stacked_fit(requests: list[Fit]) -> list:
             outcomes.append(DivergedError("training diverged: a weight is not finite after training; "
                                           "lower train.optimizer.lr or set trainer.gradient_clip_val"))
             continue
-        _write_history(r, module, slot)
+        _write_outputs(r, module, slot)
         outcomes.append({"val_acc": module.val_acc[slot], "train_time_s": elapsed / k})
     return outcomes
 
 
-def _write_history(request: Fit, module: StackedClassifier, slot: int) -> None:
-    """The model's validation figures and best weights where a job on its own puts them."""
-    if module.val_acc[slot] is not None:
-        for logger in request.loggers:
-            logger.log_metrics({"val/acc": module.val_acc[slot], "val/loss": module.val_loss[slot],
-                                "epoch": module.current_epoch}, step=module.global_step)
-            logger.save()
+def _write_outputs(request: Fit, module: StackedClassifier, slot: int) -> None:
+    """The model's logs flushed and its best weights where a job on its own puts them."""
+    for logger in request.loggers:
+        logger.save()
     if request.checkpoints and module.best[slot] is not None:
         ckpt_dir = Path(request.out_dir) / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -251,9 +320,10 @@ def train_baselines(members: list[Member], label: str) -> None:
 def baseline_steps(cfg, directory: Path):
     """What a compressed job on its own does to train its missing baseline (methods/baseline.py's
     obtain_trained): seeded as the job is, on the job's data, into the cache dir."""
-    from compresslab.job import build_datamodule
+    from compresslab.job import apply_threads, build_datamodule
     from compresslab.methods.baseline import train_classifier
 
+    apply_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
     dm.setup()
@@ -271,4 +341,4 @@ def run_stack(members: list[Member], label: str) -> list[dict]:
     gens = [job_steps(m.cfg, m.out_dir, m.overrides, m.run_name, m.group,
                       stack={"id": label, "size": len(members), "slot": slot})
             for slot, m in enumerate(members)]
-    return serve_together(gens)
+    return serve_together(gens, [Path(m.out_dir) / "train.log" for m in members])

@@ -128,7 +128,8 @@ class StackedClassifier(pl.LightningModule):
     with model k's ModelSlot). `gradient_clip_val` clips each model's gradient norm on its own."""
 
     def __init__(self, models: list[nn.Module], num_classes: int, optimizers: list[dict], scheduler: dict,
-                 epochs: int, callbacks: list[list] | None = None, gradient_clip_val: float | None = None):
+                 epochs: int, callbacks: list[list] | None = None, gradient_clip_val: float | None = None,
+                 loggers: list[list] | None = None, log_every_n_steps: int = 50):
         super().__init__()
         self.models = list(models)  # a plain list: their tensors are views into the stacked ones
         self.num_classes = num_classes
@@ -137,6 +138,10 @@ class StackedClassifier(pl.LightningModule):
         self.epochs = epochs
         self.per_model_callbacks = [list(c) for c in (callbacks or [[] for _ in models])]
         self.clip_norm = gradient_clip_val
+        # Each model's own loggers (its job's CSV and W&B run): the stack's Trainer has none, as one
+        # Trainer's loggers cannot hold K runs.
+        self.model_loggers = [list(lg) for lg in (loggers or [[] for _ in models])]
+        self.log_every_n_steps = log_every_n_steps
         params, buffers = stack_module_state(self.models)
         if buffers:
             raise ConfigError("models with buffers (e.g. BatchNorm statistics) have no stacked form; "
@@ -219,6 +224,17 @@ class StackedClassifier(pl.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         self._call("on_train_step_end")
+        if self.log_every_n_steps and self.global_step % self.log_every_n_steps == 0:
+            self.log_per_model({"train/loss": self.last_losses.tolist(), "epoch": self.current_epoch})
+
+    def log_per_model(self, metrics: dict) -> None:
+        """Metrics (lists: one value per model) to each model's own loggers, at this step."""
+        for k, loggers in enumerate(self.model_loggers):
+            if k in self.failed:
+                continue
+            values = {name: (v[k] if isinstance(v, list) else v) for name, v in metrics.items()}
+            for logger in loggers:
+                logger.log_metrics(values, step=self.global_step)
 
     def on_validation_start(self):
         self._call("on_validation_start")
@@ -292,6 +308,8 @@ class StackedClassifier(pl.LightningModule):
         if self._val_sums is None:
             return
         loss, correct, count = self._val_sums.cpu()
+        self.log_per_model({"val/acc": (correct / count).tolist(), "val/loss": (loss / count).tolist(),
+                            "epoch": self.current_epoch})
         for k in range(len(self.models)):
             self.val_loss[k] = float(loss[k] / count[k])
             self.val_acc[k] = float(correct[k] / count[k])
