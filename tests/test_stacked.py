@@ -79,7 +79,7 @@ def test_clip_prune_and_quantize_stacks_follow_the_per_job_trajectories(workdir)
     alone, stacked, out = sweep_both_ways(workdir, "method=clip,prune,quantize", "seed=0,1,2",
                                           "++method.finetune_epochs=2")
     assert "stacks (3+3+3 models)" in out, out[-2000:]
-    assert "training 3 baselines as one stack" in out
+    assert "training 3 baseline models as one stack" in out
     assert_same_models(alone, stacked, stack_size=3)
 
 
@@ -179,3 +179,16 @@ def test_stacked_optimizer_takes_each_models_own_step_as_torch_does(name):
             opt.step()
     for k, p in enumerate(alone):
         torch.testing.assert_close(stacked.detach()[k], p.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_distilled_students_stack_with_their_own_temperature_and_soft_weight(workdir):
+    # one teacher per seed, trained as a stack first; students with per-model T and soft_weight,
+    # their scratch twins stacked alike
+    alone, stacked, out = sweep_both_ways(workdir, "method=distill", "method.teacher.hidden=[64]",
+                                          "method.temperature=2,8", "method.soft_weight=0.5,1.0", "seed=0",
+                                          "method.scratch=true")
+    assert "training 1 teacher models as one stack" in out  # the students share one teacher (one seed)
+    assert_same_models(alone, stacked, stack_size=4)
+    for name, rec in stacked.items():
+        for key in ("teacher_test_acc", "scratch_test_acc", "teacher_agreement"):
+            assert abs(rec["metrics"][key] - alone[name]["metrics"][key]) <= 0.01, (name, key)

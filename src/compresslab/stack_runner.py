@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from compresslab import reuse
 from compresslab.errors import CompresslabError, DivergedError
 from compresslab.modules import Classifier
+from compresslab.modules.distill import Distiller
 from compresslab.modules.stacked import StackedBatches, StackedClassifier
 from compresslab.steps import Evaluate, Fit
 
@@ -208,13 +209,24 @@ def _serve_alone(request):
 
 def together_key(request) -> tuple | None:
     """Requests with equal keys can be served by one batched model; None: only on its own."""
-    shapes = tuple((n, tuple(p.shape)) for n, p in request.module.model.named_parameters())
+    model = request.module.model
+    if any(True for _ in model.buffers()) or any(isinstance(m, torch.nn.RNNBase) for m in model.modules()):
+        return None  # running statistics, recurrent kernels: no stacked form (stacking.NO_STACKED_FORM)
+    shapes = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
     if isinstance(request, Evaluate):
         return ("evaluate", shapes, len(request.dm.y_test), request.dm.eval_batch_size)
-    if type(request.module) is not Classifier or request.epochs <= 0:
+    if request.epochs <= 0:
         return None
     dm = request.dm
-    return ("fit", shapes, request.epochs, json.dumps(request.module.scheduler_cfg, sort_keys=True),
+    if type(request.module) is Distiller:
+        if dm.train_extra is None:  # its teacher runs on each (augmented) batch: per job
+            return None
+        kind = "distill"
+    elif type(request.module) is Classifier:
+        kind = "fit"
+    else:
+        return None
+    return (kind, shapes, request.epochs, json.dumps(request.module.scheduler_cfg, sort_keys=True),
             json.dumps(OmegaConf.to_container(request.cfg.trainer, resolve=True), sort_keys=True, default=str),
             len(dm.y_train), len(dm.y_val), dm.batch_size, dm.shift_px)
 
@@ -231,7 +243,9 @@ def stacked_fit(requests: list[Fit]) -> list:
                                first.epochs, callbacks=[list(r.callbacks) for r in requests],
                                gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
                                loggers=[list(r.loggers) for r in requests],
-                               log_every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 0))
+                               log_every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 0),
+                               distillation=[(r.module.temperature, r.module.soft_weight) for r in requests]
+                               if isinstance(first.module, Distiller) else None)
     train = StackedBatches([r.dm.train_dataloader() for r in requests])
     val = StackedBatches([r.dm.val_dataloader() for r in requests]) if first.dm.has_val else None
     trainer = make_trainer(cfg, Path(first.out_dir), first.epochs, checkpoints=False, has_val=val is not None)
@@ -275,11 +289,14 @@ def _write_outputs(request: Fit, module: StackedClassifier, slot: int) -> None:
 def stacked_evaluate(requests: list[Evaluate]) -> list:
     """Test accuracy and loss of K models at once, each on its own (normalised) test split."""
     models = [r.module.model for r in requests]
-    module = StackedClassifier(models, requests[0].dm.num_classes, [{}] * len(models), {}, 1)
+    accelerator = str(requests[0].cfg.trainer.get("accelerator", "cpu"))
+    device = torch.device("cuda" if accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu")
+    module = StackedClassifier(models, requests[0].dm.num_classes, [{}] * len(models), {}, 1).to(device)
     module.eval()
     test = StackedBatches([r.dm.test_dataloader() for r in requests])
     sums = None
     for x, y in test:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = module(x)
         k, b = y.shape
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(),
@@ -287,39 +304,42 @@ def stacked_evaluate(requests: list[Evaluate]) -> list:
         correct = (logits.argmax(-1) == y).sum(1).double()
         batch = torch.stack([loss, correct, torch.full_like(loss, b)])
         sums = batch if sums is None else sums + batch
-    loss, correct, count = sums
+    loss, correct, count = sums.cpu()
     return [{"test_acc": float(correct[i] / count[i]), "test_loss": float(loss[i] / count[i])}
             for i in range(len(models))]
 
 
 # ---------------------------------------------------------------------------------------------
-# Baselines first: those the stack's compressed jobs need and that nobody has trained yet.
+# Trained-once models first: the baselines and teachers the stack's jobs need and nobody has trained.
 
-def train_baselines(members: list[Member], label: str) -> None:
-    """Train, as one stack, the trained-once baselines the members need and the cache lacks."""
+def train_missing_models(members: list[Member]) -> None:
+    """Train, as stacks, the trained-once baselines and teachers that the members need and the
+    cache lacks; the jobs then find them cached, as if an earlier job had trained them."""
     from compresslab.methods.baseline import baseline_spec
+    from compresslab.methods.distill import teacher_spec
 
-    wanted = {}
-    for m in members:
-        spec = baseline_spec(m.cfg)
-        if spec is not None:
-            wanted.setdefault(reuse.key_of(spec), (spec, m))
-    if not wanted:
-        return
-    cache_dir = Path(members[0].cfg.paths.cache_dir)
+    for kind, spec_of in (("baseline", baseline_spec), ("teacher", teacher_spec)):
+        wanted = {}
+        for m in members:
+            found = spec_of(m.cfg)
+            if found is not None:
+                wanted.setdefault(reuse.key_of(found[0]), found)
+        if not wanted:
+            continue
 
-    def train_all(claimed: list[tuple[dict, Path]]) -> None:
-        by_key = {reuse.key_of(spec): directory for spec, directory in claimed}
-        chosen = [(wanted[key][1], directory) for key, directory in by_key.items()]
-        log.info("training %d baselines as one stack before the stack's compressed jobs", len(chosen))
-        serve_together([baseline_steps(m.cfg, directory) for m, directory in chosen])
+        def train_all(claimed: list[tuple[dict, Path]], wanted=wanted, kind=kind) -> None:
+            chosen = [(wanted[reuse.key_of(spec)], directory) for spec, directory in claimed]
+            log.info("training %d %s models as one stack before the jobs that need them", len(chosen), kind)
+            serve_together([trained_once_steps(run_cfg, model_cfg, train_cfg, directory)
+                            for (_, run_cfg, model_cfg, train_cfg), directory in chosen])
 
-    reuse.train_missing_together(cache_dir, "baseline", [spec for spec, _ in wanted.values()], train_all)
+        cache_dir = Path(members[0].cfg.paths.cache_dir)
+        reuse.train_missing_together(cache_dir, kind, [found[0] for found in wanted.values()], train_all)
 
 
-def baseline_steps(cfg, directory: Path):
-    """What a compressed job on its own does to train its missing baseline (methods/baseline.py's
-    obtain_trained): seeded as the job is, on the job's data, into the cache dir."""
+def trained_once_steps(cfg, model_cfg, train_cfg, directory: Path):
+    """What a job on its own does to train a missing baseline or teacher (baseline.obtain_trained):
+    seeded as the job is, on the job's data, into the cache dir."""
     from compresslab.job import apply_threads, build_datamodule
     from compresslab.methods.baseline import train_classifier
 
@@ -328,16 +348,16 @@ def baseline_steps(cfg, directory: Path):
     dm = build_datamodule(cfg)
     dm.setup()
     try:
-        yield from train_classifier(cfg, dm, cfg.model, cfg.train, directory)
+        yield from train_classifier(cfg, dm, model_cfg, train_cfg, directory)
     except CompresslabError as e:
-        log.error("baseline for %s failed (%s); its jobs will say so", directory, e)
+        log.error("training %s failed (%s); the jobs that need it will say so", directory, e)
 
 
 def run_stack(members: list[Member], label: str) -> list[dict]:
     """Run `members` as one stack; returns their records (each also written to its job dir)."""
     from compresslab.job import job_steps
 
-    train_baselines(members, label)
+    train_missing_models(members)
     gens = [job_steps(m.cfg, m.out_dir, m.overrides, m.run_name, m.group,
                       stack={"id": label, "size": len(members), "slot": slot})
             for slot, m in enumerate(members)]

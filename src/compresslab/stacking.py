@@ -47,8 +47,8 @@ def stack_key(config: dict) -> str:
 def alone_because(config: dict) -> str | None:
     """Why a job of this config cannot be part of a stack, or None if it can."""
     method, model, trainer = config.get("method", {}), config.get("model", {}), config.get("trainer", {})
-    if method.get("kind") == "distill":
-        return "method.kind=distill has no stacked form yet"
+    if method.get("kind") == "distill" and config.get("data", {}).get("shift_px"):
+        return "method.kind=distill with data.shift_px > 0: the teacher runs on each augmented batch"
     if model.get("arch") in NO_STACKED_FORM:
         return f"model.arch={model['arch']}: {NO_STACKED_FORM[model['arch']]}"
     if trainer.get("strategy") not in (None, "auto") or trainer.get("devices") not in (1, "1", None):

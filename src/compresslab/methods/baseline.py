@@ -73,12 +73,12 @@ def obtain_trained(cfg, dm, model_cfg, train_cfg, kind: str, ckpt: str | None = 
     return model, payload, str(ckpt)
 
 
-def baseline_spec(cfg) -> dict | None:
-    """The spec of the trained-once baseline a compressed job of `cfg` starts from (None when it is
-    given a checkpoint, or is no compressed job)."""
+def baseline_spec(cfg) -> tuple | None:
+    """(spec, run config, model config, recipe) of the trained-once baseline a compressed job of
+    `cfg` starts from (None when it is given a checkpoint, or is no compressed job)."""
     if cfg.method.kind != "compress" or cfg.method.get("baseline_ckpt"):
         return None
-    return model_spec(cfg, cfg.model, cfg.train)
+    return model_spec(cfg, cfg.model, cfg.train), cfg, cfg.model, cfg.train
 
 
 def steps(job):

@@ -20,7 +20,7 @@ from compresslab import checks, reuse
 from compresslab.checkpoint import save_model
 from compresslab.compression import CompressionCallback, parse, save_artifact, verify
 from compresslab.errors import CheckpointError, ConfigError
-from compresslab.methods.baseline import _plain, check_recipe, obtain_trained, train_classifier
+from compresslab.methods.baseline import _plain, check_recipe, model_spec, obtain_trained, train_classifier
 from compresslab.metrics import (compression_metrics, count_params, prediction_agreement, size_fp32_bytes,
                                  state_dict_bytes)
 from compresslab.models import build_model
@@ -106,6 +106,17 @@ def obtain_teacher(cfg, dm):
     model, _, path = obtain_trained(run_cfg, teacher_dm, teacher_model_cfg(teacher), teacher.train,
                                     "teacher", None)
     return model, path
+
+
+def teacher_spec(cfg) -> tuple | None:
+    """(spec, run config, model config, recipe) of the trained-once teacher a job of `cfg` needs, or
+    None when it is given a checkpoint: what `obtain_teacher` trains, as stacks of jobs share it."""
+    teacher = cfg.method.teacher
+    if cfg.method.kind != "distill" or teacher.get("ckpt"):
+        return None
+    run_cfg = teacher_run_cfg(cfg)
+    model_cfg = teacher_model_cfg(teacher)
+    return model_spec(run_cfg, model_cfg, teacher.train), run_cfg, model_cfg, teacher.train
 
 
 def compression_of(cfg):

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from compresslab.errors import ConfigError, diverged
 from compresslab.modules.classifier import OPTIMIZERS, build_optimizer, with_schedule
+from compresslab.modules.distill import soft_target_loss
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class StackedBatches:
 
     def __iter__(self):
         for batches in zip(*self.loaders):
-            yield tuple(torch.stack(parts) for parts in zip(*(b[:2] for b in batches)))
+            yield tuple(torch.stack(parts) for parts in zip(*batches))
 
 
 class ModelSlot:
@@ -129,7 +130,8 @@ class StackedClassifier(pl.LightningModule):
 
     def __init__(self, models: list[nn.Module], num_classes: int, optimizers: list[dict], scheduler: dict,
                  epochs: int, callbacks: list[list] | None = None, gradient_clip_val: float | None = None,
-                 loggers: list[list] | None = None, log_every_n_steps: int = 50):
+                 loggers: list[list] | None = None, log_every_n_steps: int = 50,
+                 distillation: list[tuple[float, float]] | None = None):
         super().__init__()
         self.models = list(models)  # a plain list: their tensors are views into the stacked ones
         self.num_classes = num_classes
@@ -142,6 +144,12 @@ class StackedClassifier(pl.LightningModule):
         # Trainer's loggers cannot hold K runs.
         self.model_loggers = [list(lg) for lg in (loggers or [[] for _ in models])]
         self.log_every_n_steps = log_every_n_steps
+        # Students of a distillation stack: each model's (temperature, soft_weight); their batches
+        # carry the teacher's logits (x, y, teacher logits), computed once per input for all of them.
+        self.distillation = None
+        if distillation is not None:
+            temps, weights = zip(*distillation)
+            self.distillation = (torch.tensor(temps), torch.tensor(weights))
         params, buffers = stack_module_state(self.models)
         if buffers:
             raise ConfigError("models with buffers (e.g. BatchNorm statistics) have no stacked form; "
@@ -195,9 +203,19 @@ class StackedClassifier(pl.LightningModule):
                 module = model.get_submodule(owner) if owner else model
                 setattr(module, attr, nn.Parameter(stacked[name].detach()[k].cpu().clone()))
 
-    def per_model_losses(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def per_model_losses(self, logits: torch.Tensor, y: torch.Tensor,
+                         teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Each model's training loss (K,): cross-entropy, or for students `distillation_loss` with
+        their own temperature and soft_weight."""
         k, b = y.shape
-        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, b).mean(1)
+        hard = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, b).mean(1)
+        if self.distillation is None:
+            return hard
+        temps, weights = (t.to(logits.device, logits.dtype) for t in self.distillation)
+        soft = vmap(soft_target_loss)(logits, teacher_logits, temps)
+        # As distillation_loss: a term of weight 0 is not counted (no 0 * inf from an overflow).
+        zero = torch.zeros_like(hard)
+        return torch.where(weights > 0, weights * soft, zero) + torch.where(weights < 1, (1 - weights) * hard, zero)
 
     # -- per-model callbacks ----------------------------------------------------------------------
     def _call(self, hook: str, *args) -> None:
@@ -247,8 +265,8 @@ class StackedClassifier(pl.LightningModule):
 
     # -- training ---------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        losses = self.per_model_losses(self(x), y)
+        x, y, *teacher_logits = batch
+        losses = self.per_model_losses(self(x), y, *teacher_logits)
         self.finite &= torch.isfinite(losses.detach())
         self.last_losses = losses.detach()
         return losses.sum()
@@ -296,7 +314,7 @@ class StackedClassifier(pl.LightningModule):
         self._val_sums = None
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
+        x, y = batch[:2]
         logits = self(x)
         k, b = y.shape
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, b).sum(1)
