@@ -192,3 +192,12 @@ def test_distilled_students_stack_with_their_own_temperature_and_soft_weight(wor
     for name, rec in stacked.items():
         for key in ("teacher_test_acc", "scratch_test_acc", "teacher_agreement"):
             assert abs(rec["metrics"][key] - alone[name]["metrics"][key]) <= 0.01, (name, key)
+
+
+def test_each_stack_can_be_handed_to_submitit_as_one_job(workdir):
+    proc = run_train(*[o for o in SMALL if not o.startswith("model.hidden")], "model.hidden=[32],[16]",
+                     "seed=0,1", "hydra/launcher=stacked_slurm_local", multirun=True, tiny=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "submitted 2 stacks as submitit jobs" in proc.stdout + proc.stderr
+    recs = records(workdir / "outputs")
+    assert len(recs) == 4 and all(r["status"] == "ok" and r["job"]["stack"]["size"] == 2 for r in recs)

@@ -111,9 +111,9 @@ def obtain_teacher(cfg, dm):
 def teacher_spec(cfg) -> tuple | None:
     """(spec, run config, model config, recipe) of the trained-once teacher a job of `cfg` needs, or
     None when it is given a checkpoint: what `obtain_teacher` trains, as stacks of jobs share it."""
-    teacher = cfg.method.teacher
-    if cfg.method.kind != "distill" or teacher.get("ckpt"):
+    if cfg.method.kind != "distill" or cfg.method.teacher.get("ckpt"):
         return None
+    teacher = cfg.method.teacher
     run_cfg = teacher_run_cfg(cfg)
     model_cfg = teacher_model_cfg(teacher)
     return model_spec(run_cfg, model_cfg, teacher.train), run_cfg, model_cfg, teacher.train

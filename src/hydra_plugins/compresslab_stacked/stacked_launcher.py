@@ -24,8 +24,13 @@ log = logging.getLogger("compresslab")
 
 
 class StackedLauncher(Launcher):
-    def __init__(self, max_models: int = 64) -> None:
+    """`max_models`: the most jobs one stacked model trains. `submitit`: None to train the stacks
+    in this process, or submitit settings ({cluster: slurm | local, timeout_min, cpus_per_task,
+    gpus_per_node, mem_gb, slurm_partition, ...}) to hand each stack to its own submitit job."""
+
+    def __init__(self, max_models: int = 64, submitit: dict | None = None) -> None:
         self.max_models = max_models
+        self.submitit = dict(submitit) if submitit else None
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -77,11 +82,33 @@ class StackedLauncher(Launcher):
             if idx in alone_idx:
                 log.info("job #%d runs on its own: %s", idx, alone_idx[idx])
             returns[idx] = self._run_one(sweep_config, self.task_function)
+        planned = []
         for number, stack in enumerate(stacks):
             members = [stackable[i] for i in stack]
-            returns.update(self._run_stack(members, number, len(stacks)))
+            label = f"{number + 1}of{len(stacks)}"
+            log.info("stack %s: %d jobs (#%s)", label, len(members), ",".join(str(m[0]) for m in members))
+            planned.append((members, label, self._register(members, returns)))
+        for (members, _, _), records in zip(planned, self._train_stacks([(p, lb) for _, lb, p in planned])):
+            self._report(members, records, returns)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return [returns[j[0]] for j in jobs]
+
+    def _train_stacks(self, stacks: list) -> list[list]:
+        """Each stack's records: trained here one stack after another, or as submitit jobs at once."""
+        from compresslab import stack_runner
+
+        if not self.submitit:
+            return [stack_runner.run_stack(members, label) for members, label in stacks]
+        import submitit
+
+        settings = dict(self.submitit)
+        folder = Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j"
+        executor = submitit.AutoExecutor(folder=folder, cluster=settings.pop("cluster", "slurm"))
+        executor.update_parameters(**{k: v for k, v in settings.items() if v is not None})
+        submitted = [executor.submit(stack_runner.run_stack, members, label) for members, label in stacks]
+        log.info("submitted %d stacks as submitit jobs (%s)", len(submitted),
+                 ", ".join(str(job.job_id) for job in submitted))
+        return [job.result() for job in submitted]
 
     def _run_one(self, sweep_config: DictConfig, task_function) -> JobReturn:
         ret = run_job(hydra_context=self.hydra_context, task_function=task_function, config=sweep_config,
@@ -89,14 +116,15 @@ class StackedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
-    def _run_stack(self, members: list, number: int, count: int) -> dict[int, JobReturn]:
+    def _register(self, members: list, returns: dict) -> list:
+        """Hydra's per-job bookkeeping for each member (job dir, .hydra/ files, callbacks), without
+        the training; returns the stack_runner members."""
         from compresslab import results, stack_runner, sweep
         from compresslab.job import resolved_config
 
         planned: list[stack_runner.Member] = []
 
         def register(cfg: DictConfig) -> None:
-            """Hydra's per-job bookkeeping (job dir, .hydra/ files, callbacks) without the training."""
             hc = HydraConfig.get()
             out_dir = Path(hc.runtime.output_dir)
             config_hash = results.config_hash(resolved_config(cfg))
@@ -105,10 +133,13 @@ class StackedLauncher(Launcher):
             planned.append(stack_runner.Member(cfg, out_dir, list(hc.overrides.task),
                                                f"{cfg.method.name}-{hc.job.num}", Path(hc.sweep.dir).name))
 
-        returns = {idx: self._run_one(sweep_config, register) for idx, _, sweep_config, _ in members}
-        label = f"{number + 1}of{count}"
-        log.info("stack %s: %d jobs (#%s)", label, len(members), ",".join(str(m[0]) for m in members))
-        records = stack_runner.run_stack(planned, label)
+        for idx, _, sweep_config, _ in members:
+            returns[idx] = self._run_one(sweep_config, register)
+        return planned
+
+    def _report(self, members: list, records: list, returns: dict) -> None:
+        from compresslab import results, sweep
+
         objective = self.config.get("objective")
         for (idx, *_), record in zip(members, records):
             returns[idx].return_value = sweep.objective_value(record, objective) if record else None
@@ -118,4 +149,3 @@ class StackedLauncher(Launcher):
             elif record:
                 print(f"compresslab: job failed: {record['error']} (record: "
                       f"{Path(record['job']['output_dir']) / results.FILENAME})", file=sys.stderr)
-        return returns
