@@ -90,6 +90,11 @@ def serve_together(generators: list[Generator], log_files: list[Path] | None = N
                 results[slot] = done.value
                 requests.pop(slot, None)
                 return
+            except BaseException as e:  # noqa: BLE001 - only an interrupt thrown in comes back out
+                if e is not error:
+                    raise
+                requests.pop(slot, None)  # the job recorded it on its way out
+                return
         requests[slot] = request
 
     for slot in range(k):
