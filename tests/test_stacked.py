@@ -37,7 +37,7 @@ def sweep_both_ways(root: Path, *overrides: str) -> tuple[dict, dict, str]:
     return out["basic"][0], out["stacked"][0], out["stacked"][1]
 
 
-def test_inputs():
+def synthetic_test_inputs():
     dm = TensorDataModule("synthetic", DATA_DIR, synthetic={"shape": [1, 8, 8], "n_train": 600})
     dm.setup()
     return dm.x_test
@@ -45,7 +45,7 @@ def test_inputs():
 
 def assert_same_models(alone: dict, stacked: dict, stack_size: int) -> None:
     assert alone.keys() == stacked.keys() and alone
-    x = test_inputs()
+    x = synthetic_test_inputs()
     for name, rec in stacked.items():
         results.validate(rec)
         assert rec["status"] == "ok", rec["error"]
