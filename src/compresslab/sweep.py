@@ -86,9 +86,18 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("sweep_fixed_keys"):
         OmegaConf.register_new_resolver("sweep_fixed_keys", lambda overrides: fixed_keys(overrides),
                                         use_cache=True)
+    if not OmegaConf.has_resolver("compressible_layers"):
+        # Resolved once, in the launching process, when the sweeper reads its params.
+        OmegaConf.register_new_resolver("compressible_layers", _compressible_layers)
     if not OmegaConf.has_resolver("job_dirname"):
         OmegaConf.register_new_resolver(
             "job_dirname", lambda job, fixed: job_dirname(list(job), list(fixed)))
+
+
+def _compressible_layers(*, _root_) -> str:
+    from compresslab.sensitivity import sweep_value  # imports torch: only when a scan asks
+
+    return sweep_value(_root_=_root_)
 
 
 def resolve_names_before_launch(config) -> None:
