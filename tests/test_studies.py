@@ -138,6 +138,21 @@ def test_five_folds_against_their_baselines_use_the_corrected_t_interval(tmp_pat
     assert c["significant_holm"] == "True" and c["interval"] == "paired, 5-fold corrected t (n=5)"
 
 
+def test_repeated_k_fold_pairs_every_fold_of_every_split(tmp_path):
+    root = tmp_path / "rcv"
+    for split in range(2):  # 2 x 3-fold; differences 1, 2, 3 pp in each repeat
+        for fold in range(3):
+            acc = 0.91 + fold / 100
+            rec = record(rate=0.8, fold=fold, test_acc=acc, baseline_test_acc=0.90, delta_test_acc=acc - 0.90)
+            rec["config"]["data"].update(split_seed=split, cv={"folds": 3, "fold": fold})
+            write(root, f"split={split},fold={fold}", rec)
+    rep = report.make_report([root], tmp_path / "out")
+    (row,) = rows_of(rep.table).values()
+    half = 2.570582 * math.sqrt((1 / 6 + 1 / 2) * 0.8)
+    assert row[-4:] == [f"+2.00 [{2 - half:+.2f}, {2 + half:+.2f}] *", "1.00", "6",
+                        "paired, 3-fold corrected t (n=6)"]
+
+
 def test_reference_config_pairs_by_seed_and_says_when_pairs_are_too_few(sweep_dir, tmp_path):
     rep = report.make_report([sweep_dir], tmp_path / "out", reference="prune method.rate=0.5")
     rows = rows_of(rep.table)

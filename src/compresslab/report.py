@@ -39,8 +39,9 @@ from pathlib import Path
 from compresslab import results, stats
 from compresslab.sweep import scan
 
-# Config keys a config's repeats differ in: mean ± std is taken over them.
-REPEAT_KEYS = ("seed", "data.cv.fold")
+# Config keys a config's repeats differ in: mean ± std is taken over them (a repeated k-fold
+# cross-validation draws its r splits with r values of data.split_seed).
+REPEAT_KEYS = ("seed", "data.cv.fold", "data.split_seed")
 # Config keys that say where things go or how they run, not what is computed.
 IGNORED_KEYS = (*results.NON_RESULT_KEYS, "threads", "tags", "task_name")
 # Config keys that place a config on its curve: the other swept keys tell the curves apart.
@@ -189,8 +190,9 @@ class Group:
 
 
 def pair_key(record: dict) -> tuple:
-    """Jobs with the same seed and CV fold saw the same initialisation, batch order and split."""
-    return record["seed"], flatten(record.get("config") or {}).get("data.cv.fold")
+    """Jobs with the same seed, split and CV fold saw the same initialisation, batch order and data."""
+    config = flatten(record.get("config") or {})
+    return record["seed"], config.get("data.split_seed"), config.get("data.cv.fold")
 
 
 def folds_of(records: list[dict]) -> int | None:

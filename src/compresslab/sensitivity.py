@@ -9,11 +9,14 @@ per layer and rate without anyone typing the layer names.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from omegaconf import DictConfig, OmegaConf
 
 from compresslab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def compressible_layers(model, exclude=()) -> list[str]:
@@ -36,6 +39,7 @@ def layers_of_config(cfg: DictConfig) -> list[str]:
         raise ConfigError(f"sensitivity scan: model={cfg.model.name} has no compressible layer (no Linear "
                           f"or Conv weight left by method.exclude={list(cfg.method.get('exclude') or [])}); "
                           "pick another model or narrow method.exclude")
+    log.info("sensitivity scan over the compressible layers of model=%s: %s", cfg.model.name, ", ".join(layers))
     return layers
 
 
