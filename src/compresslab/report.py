@@ -332,7 +332,9 @@ def comparison_notes(groups: list[Group], comps: dict) -> list[str]:
         elif c is not None and g.ok and c.interval.low is None:
             few.append(f"{name} ({c.interval.n})")
     if few:
-        notes.append(f"fewer than two pairs, so no interval (n/a): {', '.join(few)}")
+        more = f" and {len(few) - 4} more" if len(few) > 5 else ""
+        notes.append(f"{len(few)} config(s) with fewer than two pairs, so no interval (n/a): "
+                     f"{', '.join(few[:4] if more else few)}{more}")
     return notes
 
 
@@ -683,8 +685,9 @@ def make_report(dirs, out_dir: Path | None = None, reference: str | None = None)
         path = out_dir / f"{stem}.png"
         if plot(path):
             files[path.name] = path
-        elif stem != "sensitivity" or any(g.layer is not None for g in groups):
-            skipped.append(stem)
+        elif {"sensitivity": any(g.layer is not None for g in groups),
+              "accuracy_vs_compression_ratio": any(g.layer is None for g in groups)}.get(stem, True):
+            skipped.append(stem)  # a figure this kind of sweep would have had
     files["report.html"] = out_dir / "report.html"
     files["report.html"].write_text(html_page(f"compresslab report: {', '.join(d.name for d in dirs)}", table,
                                               notes, [p for n, p in files.items() if n.endswith(".png")]))
