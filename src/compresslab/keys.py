@@ -26,12 +26,13 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # Keys of the code that no yaml file sets by default.
 SCHEDULER_KEYS = ("name", "step_size", "gamma", "pct_start")
-# Trainer arguments the project passes itself, with the key that sets each.
+# Trainer arguments the project passes itself, with the key that sets each (None: no key does).
 TRAINER_SET_BY = {"max_epochs": "train.epochs (method.finetune_epochs for fine-tuning)",
                   "min_epochs": "train.epochs", "max_steps": "train.epochs", "logger": "logger=<option>",
-                  "callbacks": "the method", "enable_checkpointing": "the method",
-                  "default_root_dir": "paths.output_dir", "deterministic": "deterministic (top level)",
-                  "enable_model_summary": "nothing (it is always off)", "plugins": "nothing"}
+                  "default_root_dir": "paths.output_dir", "deterministic": "the top-level key deterministic",
+                  "callbacks": None, "enable_checkpointing": None, "enable_model_summary": None,
+                  "plugins": None}
+GROUPS = ("data", "model", "train", "trainer", "logger", "paths")
 # Groups whose keys are not ours to check (Hydra checks its own).
 UNCHECKED = ("hydra",)
 # Keys of `method.teacher` beside its model config.
@@ -47,9 +48,10 @@ def check(config: dict, conf_dir: Path = CONF_DIR) -> None:
         if head in UNCHECKED:
             continue
         if head == "trainer" and rest and rest[0] in TRAINER_SET_BY:
-            raise ConfigError(f"trainer.{rest[0]} is set by {TRAINER_SET_BY[rest[0]]}; "
-                              f"set that instead of trainer.{rest[0]}")
-        if rest and head in GROUPS + ("method",) or head in known["top_groups"]:
+            by = TRAINER_SET_BY[rest[0]]
+            raise ConfigError(f"trainer.{rest[0]} is set by {by}; set that instead of trainer.{rest[0]}" if by
+                              else f"trainer.{rest[0]} is set by compresslab itself; remove it")
+        if rest and (head in GROUPS + ("method",) or head in known["top_groups"]):
             prefix, key, candidates = f"{head}.", ".".join(rest), _group_keys(known, head, kind)
         else:
             prefix, key, candidates = "", ".".join(path), known["top"]
@@ -79,8 +81,6 @@ def _group_keys(known: dict, head: str, kind) -> set[str]:
     own = known.get(f"method:{kind}", known["method"])
     return own | (teacher | compress if kind == "distill" else set())
 
-
-GROUPS = ("data", "model", "train", "trainer", "logger", "paths")
 
 
 @lru_cache(maxsize=4)
