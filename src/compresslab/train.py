@@ -35,7 +35,7 @@ if not OmegaConf.has_resolver("unique"):
 sweep.register_resolvers()
 
 _exit_code = 0
-_reported: list[str] = []  # the interrupted job's line, once printed
+_reported: list[str] = []  # the interrupted job's line, for main() to print
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
