@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from compresslab import results
+from compresslab import keys, results
 from conftest import records, run_train
 
 COMMON = ("data=synthetic", "model=mlp", "model.hidden=[16]", "logger=none")
@@ -70,3 +70,24 @@ def test_a_diverging_run_fails_and_caches_nothing(workdir, overrides):
     assert rec["status"] == "failed" and "training diverged" in rec["error"]
     assert not list((workdir / "outputs").rglob("cache/**/model.pt")), "a non-finite model was cached"
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def _options(group: str) -> list[str]:
+    return sorted(f"{group}={p.stem}" for p in (keys.CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("override", [*_options("experiment"), *_options("sweep"), *_options("method"),
+                                      *_options("model"), *_options("data"), *_options("trainer"),
+                                      *_options("logger")])
+def test_every_shipped_config_passes_the_unknown_key_check(override):
+    """No false alarm: every option of conf/ composes into a config whose every key is known."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    if override == "sweep=search_prune_rate":
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install 'compresslab[search]'")
+    with initialize_config_dir(str(keys.CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[override])
+    config = OmegaConf.to_container(cfg, resolve=False)
+    config.pop("hydra", None)
+    keys.check(OmegaConf.to_container(OmegaConf.create(config), resolve=True))

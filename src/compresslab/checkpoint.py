@@ -78,7 +78,8 @@ def _why_unreadable(e: BaseException) -> str:
             getattr(e, "errno", None) == 22:  # reading a truncated zip seeks past the end: EINVAL
         return "not a complete zip archive"
     if isinstance(e, pickle.UnpicklingError):
-        return "its content is not plain tensors and values"
+        return ("it holds objects other than tensors and plain values" if "Weights only" in str(e)
+                else "not a torch file")
     if isinstance(e, OSError):
         return e.strerror or type(e).__name__
     return type(e).__name__
