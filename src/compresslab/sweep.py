@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,6 +194,9 @@ def attempt_lock(out_dir: Path):
             log.warning("waiting for the live attempt (pid %s) that runs this job in %s",
                         lock.read().strip() or "?", out_dir)
             fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as e:  # a file system without locks (some network mounts): run unguarded
+            log.warning("cannot lock %s (%s); nothing keeps a second attempt of this job out",
+                        lock.name, e.strerror or e)
         lock.seek(0)
         lock.truncate()
         lock.write(f"{os.getpid()}\n")
@@ -201,7 +204,9 @@ def attempt_lock(out_dir: Path):
         try:
             yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            # Explicitly: a process forked meanwhile (a data loader worker) shares the lock.
+            with suppress(OSError):
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _status(out_dir: Path) -> str | None:
