@@ -104,7 +104,7 @@ def test_same_config_and_seed_give_the_same_metrics(workdir):
     ("data.batch_size=abc", "data.batch_size='abc' must be an integer"),
     ("train.optimizer.lr=-1", "train.optimizer.lr=-1 is out of range"),
     ("data.val_fraction=1.5", "data.val_fraction=1.5 is out of range: it must be in [0, 1)"),
-    ("model.hidden=[10,-3]", "model mlp"),
+    ("model.hidden=[10,-3]", "model.hidden[1]=-3 is out of range: it must be in [1, inf]"),
 ])
 def test_bad_values_fail_the_job_with_one_clear_message(workdir, override, message):
     proc = run_train("data=synthetic", "model=mlp", override)

@@ -173,6 +173,11 @@ def test_prepare_attempt_resumes_only_an_interrupted_attempt_of_the_same_config(
     assert sweep.prepare_attempt(tmp_path, "bbb") == "redo"          # failed: start again
     assert not (tmp_path / "checkpoints").exists()
     ckpt_dir()
+    (tmp_path / "result.json").write_text(json.dumps({"config_hash": "bbb", "status": "interrupted"}))
+    (tmp_path / "wandb" / "offline-run-1").mkdir(parents=True)
+    assert sweep.prepare_attempt(tmp_path, "bbb") == "resume"        # Ctrl-C: its record says so
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert not (tmp_path / "wandb").exists()                         # no second, partial W&B run
     (tmp_path / "result.json").unlink()
     assert sweep.prepare_attempt(tmp_path, "bbb", force=True) == "redo"
 

@@ -6,7 +6,6 @@ and plain values. A checkpoint for another architecture or dataset is refused, n
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -14,7 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compresslab import checks
 from compresslab.errors import CheckpointError
+from compresslab.files import atomic_write, torch_bytes
 from compresslab.models import build_model
 
 FORMAT = "compresslab.model/1"
@@ -27,10 +28,7 @@ def save_model(path: Path, model: nn.Module, model_cfg: dict, input_shape, num_c
     payload = {"format": FORMAT, "model": dict(model_cfg), "input_shape": list(input_shape),
                "num_classes": int(num_classes), "data": data, "metrics": dict(metrics or {}),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, torch_bytes(payload))
 
 
 def load_model(path: Path, input_shape=None, num_classes: int | None = None, data: str | None = None,
@@ -42,9 +40,10 @@ def load_model(path: Path, input_shape=None, num_classes: int | None = None, dat
                               "by a compresslab job, or leave it unset to train one")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{role} {path} is corrupt or not a torch file "
-                              f"({str(e).splitlines()[0]}); delete it and train it again") from e
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        # torch's own message would advise weights_only=False, i.e. running the file's code.
+        raise CheckpointError(f"{role} {path} cannot be read: it is truncated, corrupt or not a "
+                              f"checkpoint ({_why_unreadable(e)}); {_fix(role)}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{role} {path} is not a compresslab model checkpoint "
                               f"(expected format {FORMAT}); use the model.pt a compresslab job wrote")
@@ -66,7 +65,30 @@ def load_model(path: Path, input_shape=None, num_classes: int | None = None, dat
     except RuntimeError as e:
         raise CheckpointError(f"{role} {path} does not fit its own model config "
                               f"({str(e).splitlines()[0]})") from e
+    bad = checks.nonfinite_parameters(model)
+    if bad:
+        raise CheckpointError(f"{role} {path} holds non-finite weights ({', '.join(bad[:3])}); "
+                              f"{_fix(role)}")
     return model, payload
+
+
+def _why_unreadable(e: BaseException) -> str:
+    """A short reason that names no remedy (torch's messages suggest unsafe ones)."""
+    if isinstance(e, (EOFError, zipfile.BadZipFile)) or "zip archive" in str(e) or \
+            getattr(e, "errno", None) == 22:  # reading a truncated zip seeks past the end: EINVAL
+        return "not a complete zip archive"
+    if isinstance(e, pickle.UnpicklingError):
+        return ("it holds objects other than tensors and plain values" if "Weights only" in str(e)
+                else "not a torch file")
+    if isinstance(e, OSError):
+        return e.strerror or type(e).__name__
+    return type(e).__name__
+
+
+def _fix(role: str) -> str:
+    if role.startswith("cached"):
+        return "it is set aside and trained again"
+    return "point it at a model.pt written by a compresslab job, or leave it unset to train one"
 
 
 def _arch(model_cfg: dict) -> dict:

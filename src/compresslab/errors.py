@@ -1,4 +1,5 @@
-"""Errors caused by what the user gave us (a config value, a data file, a checkpoint).
+"""Errors caused by what the user gave us (a config value, a data file, a checkpoint) or by the
+machine (a full disk), and the interruption of a job.
 
 A job that hits one of these fails with its one-line message and no traceback: the message itself
 says what is wrong and how to fix it. Any other exception is a bug and is logged with its traceback.
@@ -22,9 +23,27 @@ class CheckpointError(CompresslabError):
 
 
 class DivergedError(CompresslabError):
-    """Training produced a non-finite loss (too high a learning rate, most often)."""
+    """Training produced a non-finite loss, weight or metric (too high a learning rate, most often)."""
+
+
+class StorageError(CompresslabError):
+    """A file could not be written (the disk is full, or the directory is not writable)."""
+
+
+class Interrupted(BaseException):
+    """The job was stopped from outside (Ctrl-C, SIGTERM, its launcher died). A BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` on the way swallows it: it must stop the
+    run or sweep after the job's record says `interrupted`."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def nonfinite(what: str, where: str) -> DivergedError:
+    return DivergedError(f"training diverged: {what} not finite {where}; lower "
+                         "train.optimizer.lr or set trainer.gradient_clip_val")
 
 
 def diverged(where: str) -> DivergedError:
-    return DivergedError(f"training diverged: the loss is not finite {where}; lower "
-                         "train.optimizer.lr or set trainer.gradient_clip_val")
+    return nonfinite("the loss is", where)

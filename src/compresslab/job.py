@@ -1,7 +1,9 @@
 """One job: compose -> data -> method -> result.json (+ W&B run), whatever happens in between.
 
-A job never raises: a bad config value, data file or checkpoint, a NaN loss or a bug all end in a
-`status: failed` record with a one-line error, so the other jobs of a sweep go on.
+A job never raises on its own account: a bad config value, data file or checkpoint, a non-finite
+loss, weight or metric, a full disk or a bug all end in a `status: failed` record with a one-line
+error, so the other jobs of a sweep go on. A stop from outside (Ctrl-C, SIGTERM, a dead launcher:
+`Interrupted`) ends in a `status: interrupted` record and is raised again, so the run or sweep stops.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from compresslab import checks, results
+from compresslab import checks, keys, results
 from compresslab.data import TensorDataModule
-from compresslab.errors import CompresslabError, ConfigError
+from compresslab.errors import CompresslabError, ConfigError, Interrupted, StorageError
+from compresslab.files import is_storage_error, storage_error
 from compresslab.loggers import finish, job_loggers
 from compresslab.methods import RUNNERS
+from compresslab.models import check_model_config
 from compresslab.steps import execute
 
 log = logging.getLogger(__name__)
@@ -50,7 +54,7 @@ def build_datamodule(cfg) -> TensorDataModule:
 
 def apply_threads(cfg) -> None:
     """The torch threads the config asks for (`threads`; unset: keep the process's)."""
-    if cfg.get("threads"):
+    if cfg.get("threads") is not None:
         torch.set_num_threads(checks.number(cfg.threads, "threads", lo=1, integer=True))
 
 
@@ -89,10 +93,12 @@ def job_steps(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None
         job.config = resolved_config(cfg)
         record["config_hash"] = results.config_hash(job.config)
         record["config"] = job.config
-        record["seed"] = checks.number(cfg.seed, "seed", integer=True)
+        keys.check(job.config)
+        record["seed"] = checks.seed(cfg.seed)
         kind = checks.choice(cfg.method.kind, "method.kind", RUNNERS)
         runner = RUNNERS[kind]
         apply_threads(cfg)
+        check_model_config(cfg.model)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         job.dm = build_datamodule(cfg)
         runner.check(cfg)
@@ -103,9 +109,19 @@ def job_steps(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None
     except CompresslabError as e:
         record["error"] = str(e)
         log.error("job failed: %s", e)
+    except (Interrupted, KeyboardInterrupt, SystemExit) as e:
+        # Lightning turns a KeyboardInterrupt it catches into SystemExit(1).
+        reason = e.reason if isinstance(e, Interrupted) else "stopped by SIGINT"
+        record.update(status="interrupted", error=reason)
+        log.warning("job interrupted (%s); re-running the same command resumes it", reason)
+        raise Interrupted(reason) from None
     except Exception as e:  # noqa: BLE001 - a bug must not take the sweep down; its traceback is logged
-        record["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
-        log.exception("job failed with an unexpected error")
+        if is_storage_error(e):
+            record["error"] = str(storage_error(e))
+            log.error("job failed: %s", record["error"])
+        else:
+            record["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+            log.exception("job failed with an unexpected error")
     finally:
         record["job"]["wall_time_s"] = time.time() - started
         record["job"]["threads"] = torch.get_num_threads()
@@ -115,7 +131,11 @@ def job_steps(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None
             log.warning("closing the W&B run failed: %s", e)
             wandb_dir = None
         record["paths"]["wandb"] = wandb_dir
-        results.write(out_dir, record)
+        try:
+            results.write(out_dir, record)
+        except StorageError as e:  # the disk is full even for the record: the caller says so
+            record["job"]["record_error"] = str(e)
+            log.error("%s", e)
     return record
 
 

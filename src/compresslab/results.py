@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from compresslab.files import atomic_write
 
 SCHEMA_VERSION = 1
 FILENAME = "result.json"
@@ -24,6 +25,9 @@ REQUIRED = {
     "overrides": list, "seed": int, "data": str, "model": str, "method": str, "metrics": dict,
     "paths": dict, "versions": dict,
 }
+# ok: finished; failed: `error` says why; interrupted: stopped from outside (Ctrl-C, SIGTERM, a dead
+# launcher) before it finished, which a re-run resumes from its checkpoints.
+STATUSES = ("ok", "failed", "interrupted")
 REQUIRED_METRICS_OK = ("test_acc", "test_loss", "val_acc", "params_total", "params_nonzero",
                        "size_fp32_bytes", "train_time_s")
 
@@ -50,10 +54,10 @@ def validate(record: dict) -> dict:
     problems = [f"missing key {k!r}" for k in REQUIRED if k not in record]
     problems += [f"{k!r} should be {t}" for k, t in REQUIRED.items()
                  if k in record and not isinstance(record[k], t)]
-    if record.get("status") not in ("ok", "failed"):
-        problems.append(f"status {record.get('status')!r} is neither 'ok' nor 'failed'")
-    if record.get("status") == "failed" and not record.get("error"):
-        problems.append("a failed record needs an error message")
+    if record.get("status") not in STATUSES:
+        problems.append(f"status {record.get('status')!r} is not one of {', '.join(STATUSES)}")
+    if record.get("status") in ("failed", "interrupted") and not record.get("error"):
+        problems.append(f"a {record.get('status')} record needs an error message")
     if record.get("status") == "ok" and isinstance(record.get("metrics"), dict):
         metrics = record["metrics"]
         problems += [f"metrics.{k} missing" for k in REQUIRED_METRICS_OK if k not in metrics]
@@ -68,11 +72,8 @@ def validate(record: dict) -> dict:
 def write(directory: Path, record: dict) -> Path:
     """Validate and write atomically: readers never see half a record."""
     validate(record)
-    path = Path(directory) / FILENAME
-    tmp = path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_finite(record), indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(Path(directory) / FILENAME,
+                        json.dumps(_finite(record), indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read(path: Path) -> dict:

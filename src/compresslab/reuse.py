@@ -4,8 +4,9 @@ teachers of distillation runs.
 A model is keyed by the hash of the config that determines it (data, model, training recipe, seed).
 The first job to ask trains it under an exclusive file lock and publishes it by atomic rename; jobs
 asking meanwhile wait on the lock, then load the finished file. No job ever trains it twice or reads
-half a file. (flock is exact on one host; on a cluster, point paths.cache_dir at a file system with
-working POSIX locks, or train the baseline first.)
+half a file; a cached file that cannot be read is set aside (renamed, with a log line) and
+trained again. (flock is exact on one host; on a cluster, point paths.cache_dir at a file system
+with working POSIX locks, or train the baseline first.)
 """
 
 from __future__ import annotations
@@ -17,10 +18,15 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from compresslab.errors import CheckpointError
+from compresslab.files import atomic_write, set_aside
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
+T = TypeVar("T")
 
 
 def key_of(spec: dict) -> str:
@@ -31,26 +37,36 @@ def cached_model_path(cache_dir: Path, kind: str, spec: dict) -> Path:
     return Path(cache_dir) / kind / key_of(spec) / MODEL_FILE
 
 
-def trained_once(cache_dir: Path, kind: str, spec: dict, train: Callable[[Path], Path]) -> Path:
-    """Path of the model for `spec`, calling `train(directory)` (which must write MODEL_FILE there
-    atomically) only when no job has trained it yet."""
+def trained_once(cache_dir: Path, kind: str, spec: dict, train: Callable[[Path], Path],
+                 load: Callable[[Path], T]) -> tuple[Path, T]:
+    """(path, load(path)) of the model for `spec`, calling `train(directory)` (which must write
+    MODEL_FILE there atomically) only when no job has trained it yet. A cached file that `load`
+    refuses (CheckpointError: truncated, corrupt, non-finite) is set aside and trained again."""
     path = cached_model_path(cache_dir, kind, spec)
     if path.is_file():
-        log.info("reusing %s %s", kind, path)
-        return path
+        try:
+            loaded = load(path)
+            log.info("reusing %s %s", kind, path)
+            return path, loaded
+        except CheckpointError:
+            pass  # healed below, under the lock, unless a concurrent job already did
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # blocks while another job trains this same model
         try:
             if path.is_file():
-                log.info("reusing %s %s (trained by a concurrent job)", kind, path)
-                return path
-            (path.parent / "spec.json").write_text(json.dumps(spec, indent=2, default=str))
+                try:
+                    loaded = load(path)
+                    log.info("reusing %s %s (trained by a concurrent job)", kind, path)
+                    return path, loaded
+                except CheckpointError as e:
+                    set_aside(path, f"{e}; the {kind} is trained again")
+            atomic_write(path.parent / "spec.json", json.dumps(spec, indent=2, default=str))
             log.info("training %s once for every job that needs it: %s", kind, path.parent)
             train(path.parent)
             if not path.is_file():
                 raise RuntimeError(f"training the {kind} wrote no {path}")
-            return path
+            return path, load(path)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -90,10 +90,10 @@ def serve_together(generators: list[Generator], log_files: list[Path] | None = N
                 results[slot] = done.value
                 requests.pop(slot, None)
                 return
-            except BaseException as e:  # noqa: BLE001 - only an interrupt thrown in comes back out
-                if e is not error:
+            except BaseException as e:  # noqa: BLE001 - an interrupt thrown in comes back out
+                if error is None or isinstance(e, Exception):
                     raise
-                requests.pop(slot, None)  # the job recorded it on its way out
+                requests.pop(slot, None)  # the job recorded it (status interrupted) on its way out
                 return
         requests[slot] = request
 

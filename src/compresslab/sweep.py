@@ -4,8 +4,9 @@ ones, capping each parallel job's threads, and counting what a sweep dir holds.
 - The same sweep command lands in the same directory, `outputs/sweeps/<sweep config>-<hash of
   its overrides>/<the job's values of the keys the sweep varies>` (e.g. `method.rate=0.9,seed=1`),
   so a re-run finds what the last attempt left: a job whose result.json is ok for the same config
-  hash is skipped, a failed one is redone from scratch, an interrupted one (no result.json)
-  resumes from the `checkpoints/last.ckpt` it left. `force=true` redoes all.
+  hash is skipped, a failed one is redone from scratch, an interrupted one (status `interrupted`,
+  or killed before it wrote any record) resumes from the `checkpoints/last.ckpt` it left.
+  `force=true` redoes all.
 - Two jobs of a sweep differ in a swept value, so their dirs differ whatever host or second they
   start on; names with unsafe characters or over 120 characters carry a hash of the full name.
 
@@ -14,23 +15,28 @@ Kept free of torch and Lightning imports: the entry point imports this before pa
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from compresslab import results
+from compresslab.files import atomic_write
 
 log = logging.getLogger(__name__)
 
 ATTEMPT_FILE = "attempt.json"   # config hash of the attempt in progress: tells a resume from a stale dir
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".attempt.lock"     # flock held by the live attempt (the kernel drops it when it dies)
+WANDB_DIR = "wandb"
 # Command-line keys that change what a re-run does, not which jobs the sweep has.
 NOT_IN_SWEEP_NAME = ("force",)
 _SAFE = re.compile(r"[^A-Za-z0-9._,=+\-\[\]]")
@@ -86,9 +92,18 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("sweep_fixed_keys"):
         OmegaConf.register_new_resolver("sweep_fixed_keys", lambda overrides: fixed_keys(overrides),
                                         use_cache=True)
+    if not OmegaConf.has_resolver("compressible_layers"):
+        # Resolved once, in the launching process, when the sweeper reads its params.
+        OmegaConf.register_new_resolver("compressible_layers", _compressible_layers)
     if not OmegaConf.has_resolver("job_dirname"):
         OmegaConf.register_new_resolver(
             "job_dirname", lambda job, fixed: job_dirname(list(job), list(fixed)))
+
+
+def _compressible_layers(*, _root_) -> str:
+    from compresslab.sensitivity import sweep_value  # imports torch: only when a scan asks
+
+    return sweep_value(_root_=_root_)
 
 
 def resolve_names_before_launch(config) -> None:
@@ -160,14 +175,55 @@ def prepare_attempt(out_dir: Path, config_hash: str, force: bool = False) -> str
     state = "fresh"
     if (out_dir / results.FILENAME).is_file() or attempt.is_file():
         same = _attempt_hash(out_dir) == config_hash
-        interrupted = not (out_dir / results.FILENAME).is_file()
+        interrupted = _status(out_dir) in (None, "interrupted")
         state = "resume" if same and interrupted and not force and ckpts else "redo"
     if state == "redo":
         for path in ckpts:
             shutil.rmtree(path)
+    if state != "fresh" and (out_dir / WANDB_DIR).is_dir():
+        # The earlier attempt's W&B run is partial or superseded: `wandb sync` must not upload it
+        # beside this attempt's run (the CSV log and the record keep what it logged).
+        shutil.rmtree(out_dir / WANDB_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
-    attempt.write_text(json.dumps({"config_hash": config_hash}) + "\n")
+    atomic_write(attempt, json.dumps({"config_hash": config_hash}) + "\n")
     return state
+
+
+@contextmanager
+def attempt_lock(out_dir: Path):
+    """Hold the job dir for one attempt: a second attempt (a re-run started while a sweep still runs)
+    waits until the live one ends, then finds its record; a dead attempt's lock is already gone."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            log.warning("waiting for the live attempt (pid %s) that runs this job in %s",
+                        lock.read().strip() or "?", out_dir)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as e:  # a file system without locks (some network mounts): run unguarded
+            log.warning("cannot lock %s (%s); nothing keeps a second attempt of this job out",
+                        lock.name, e.strerror or e)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            # Explicitly: a process forked meanwhile (a data loader worker) shares the lock.
+            with suppress(OSError):
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _status(out_dir: Path) -> str | None:
+    """The status of the record in `out_dir`; None without a readable one (a killed attempt)."""
+    try:
+        return json.loads((out_dir / results.FILENAME).read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _attempt_hash(out_dir: Path) -> str | None:
@@ -196,6 +252,10 @@ class Scan:
     @property
     def failed(self) -> list[dict]:
         return [r for r in self.records if r["status"] != "ok"]
+
+    @property
+    def interrupted(self) -> list[dict]:
+        return [r for r in self.records if r["status"] == "interrupted"]
 
 
 def is_job_dir(path: Path) -> bool:

@@ -1,12 +1,14 @@
 """The Hydra entry point: `python -m compresslab.train [overrides]`, `-m` for a multirun sweep.
 
 Each job writes `result.json` in its output dir; the process exits non-zero when any job failed,
-after a one-line summary of the run or sweep.
+after a one-line summary of the run or sweep. Ctrl-C (or SIGTERM) stops the run or the whole sweep
+with one line: the running job's record says `interrupted`, and the same command resumes it.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import secrets
 import sys
@@ -19,10 +21,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from compresslab import sweep
+from compresslab import interrupts, sweep
+from compresslab.errors import Interrupted
+from compresslab.keys import CONF_DIR
 from compresslab.sweep import scan
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 log = logging.getLogger("compresslab")
 
 # One tag per launching process, so two runs started in the same second never share a directory.
@@ -32,30 +35,48 @@ if not OmegaConf.has_resolver("unique"):
 sweep.register_resolvers()
 
 _exit_code = 0
+_reported: list[str] = []  # the interrupted job's line, for main() to print
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
+    launcher = OmegaConf.to_container(hc.launcher)
+    worker = "n_jobs" in launcher and multiprocessing.parent_process() is not None
+    if worker:  # a joblib worker: stop with the launcher, even when it is killed with SIGKILL
+        interrupts.install()
+        interrupts.stop_with_parent()
     if cfg.get("threads") is None:  # before torch is imported, so OpenMP starts capped too
-        share = sweep.thread_share(sweep.available_cores(), OmegaConf.to_container(hc.launcher))
+        share = sweep.thread_share(sweep.available_cores(), launcher)
         if share:
             sweep.cap_threads(share)
     from compresslab.job import resolved_config, run_job  # heavy imports after Hydra parsed the command line
 
     multirun = hc.mode == RunMode.MULTIRUN
     out_dir = Path(hc.runtime.output_dir)
-    previous = _done_before(cfg, out_dir, resolved_config)
-    if previous:
-        return sweep.objective_value(previous, cfg.get("objective"))
-    group = Path(hc.sweep.dir).name if multirun else None
-    name = f"{cfg.method.name}-{hc.job.num}" if multirun else out_dir.name
-    record = run_job(cfg, out_dir, list(hc.overrides.task), run_name=name, group=group)
-    status = record["status"]
     where = f"{out_dir / 'result.json'}"
-    if status == "ok":
+    with sweep.attempt_lock(out_dir):
+        previous = _done_before(cfg, out_dir, resolved_config)
+        if previous:
+            return sweep.objective_value(previous, cfg.get("objective"))
+        group = Path(hc.sweep.dir).name if multirun else None
+        name = f"{cfg.method.name}-{hc.job.num}" if multirun else out_dir.name
+        try:
+            record = run_job(cfg, out_dir, list(hc.overrides.task), run_name=name, group=group)
+        except Interrupted as e:
+            if worker and interrupts.orphaned():
+                os._exit(143)  # nobody is left to report to; the record is written
+            if not worker:
+                _reported.append(f"compresslab: {e.reason}; the job's record says status: interrupted "
+                                 f"({where}); run the same command again to resume it")
+            raise
+    status = record["status"]
+    unwritten = record["job"].get("record_error")
+    if status == "ok" and not unwritten:
         m = record["metrics"]
         log.info("ok: test_acc=%.4f -> %s", m.get("test_acc", float("nan")), where)
+    elif unwritten:
+        print(f"compresslab: job {status}: {record['error'] or unwritten} (no record written)", file=sys.stderr)
     else:
         print(f"compresslab: job failed: {record['error']} (record: {where})", file=sys.stderr)
     return sweep.objective_value(record, cfg.get("objective"))  # what a search sweeper optimizes
@@ -109,9 +130,11 @@ class Summary(Callback):
         if sweep:
             kept = sum(r.get("job", {}).get("started", 0) < self.started for r in found.ok)
             total = len(found.records) + len(found.missing) + len(found.unreadable) + len(found.newer)
+            stopped = len(found.interrupted)
             lines = [f"compresslab: sweep {root}: {total} jobs, {len(found.ok)} ok"
-                     f"{f' ({kept} skipped: done before)' if kept else ''}, {bad} failed"]
-            lines += [f"  failed: {r['_dir']}: {r['error']}" for r in found.failed]
+                     f"{f' ({kept} skipped: done before)' if kept else ''}, {bad - stopped} failed"
+                     f"{f', {stopped} interrupted' if stopped else ''}"]
+            lines += [f"  {r['status']}: {r['_dir']}: {r['error']}" for r in found.failed]
             lines += [f"  no result (interrupted?): {d}" for d in found.missing]
             lines += [f"  unreadable: {e}" for e in found.unreadable + found.newer]
             print("\n".join(lines))
@@ -137,7 +160,15 @@ def _require_writable(directory: str) -> None:
 
 
 def main() -> None:
-    hydra_main()
+    interrupts.install()
+    logging.raiseExceptions = False  # a full disk must not print a traceback per log line
+    try:
+        hydra_main()
+    except Interrupted as e:
+        print(_reported[0] if _reported else
+              f"compresslab: {e.reason}; finished records are kept; run the same command again to "
+              "resume the interrupted jobs", file=sys.stderr)
+        sys.exit(130)
     # Hydra imports the callback by name, so under `python -m` its state lives in the named module.
     from compresslab import train as named
 

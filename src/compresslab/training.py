@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.plugins import TorchCheckpointIO
 
 from compresslab import checks
-from compresslab.errors import diverged
+from compresslab.errors import diverged, nonfinite
+from compresslab.files import atomic_write, set_aside, torch_bytes
 from compresslab.modules import Classifier
+
+log = logging.getLogger(__name__)
 
 # gradient_clip_val is not among them: the module clips in its own step (Classifier.gradient_clip_val).
 TRAINER_KEYS = ("accelerator", "devices", "strategy", "precision", "num_nodes", "log_every_n_steps",
@@ -22,7 +28,7 @@ TRAINER_KEYS = ("accelerator", "devices", "strategy", "precision", "num_nodes", 
 def make_trainer(cfg, out_dir: Path, epochs: int, loggers=(), checkpoints: bool = True,
                  has_val: bool = True, callbacks=()) -> pl.Trainer:
     options = {k: v for k, v in dict(cfg.trainer).items() if k in TRAINER_KEYS and v is not None}
-    callbacks = list(callbacks)
+    callbacks = [FiniteCheck(), *callbacks]
     refresh = cfg.trainer.get("progress_bar_refresh_rate")
     if options.get("enable_progress_bar", True) and refresh:
         # Lightning's default redraws the bar every step: a cost per step a raw loop does not pay.
@@ -39,7 +45,47 @@ def make_trainer(cfg, out_dir: Path, epochs: int, loggers=(), checkpoints: bool 
     return pl.Trainer(max_epochs=epochs, logger=list(loggers) or False, callbacks=callbacks,
                       enable_checkpointing=checkpoints, default_root_dir=str(out_dir),
                       deterministic=bool(cfg.get("deterministic", False)), enable_model_summary=False,
-                      **options)
+                      plugins=[AtomicCheckpointIO()], **options)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's .ckpt files through the project's atomic writer: a kill or a full disk during a
+    save never leaves half a checkpoint under its name (Lightning writes the final name in place)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if storage_options is not None:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_write(path, torch_bytes(checkpoint))
+
+
+class FiniteCheck(pl.Callback):
+    """Fails the fit when an epoch saw a non-finite training loss or left a non-finite weight.
+
+    The loss of every training_step call is folded into one flag tensor on the device (no sync per
+    step); the flag and the weights are read once per epoch."""
+
+    def __init__(self) -> None:
+        self._bad: torch.Tensor | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._bad = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor):
+            bad = ~torch.isfinite(loss.detach()).all()
+            self._bad = bad if self._bad is None else self._bad | bad
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._bad is not None and bool(self._bad):
+            raise diverged(f"in epoch {trainer.current_epoch}")
+        require_finite_weights(pl_module, f"after epoch {trainer.current_epoch}")
+
+
+def require_finite_weights(module: torch.nn.Module, where: str) -> None:
+    bad = checks.nonfinite_parameters(module)
+    if bad:
+        raise nonfinite(f"weights are ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})", where)
 
 
 class ChannelsLast(pl.Callback):
@@ -61,12 +107,14 @@ def fit(cfg, module: Classifier, dm, out_dir: Path, epochs: int, loggers=(), cal
     dm.steps_per_call = checks.number(cfg.trainer.get("steps_per_call", 1), "trainer.steps_per_call", lo=1,
                                       integer=True)
     last = Path(out_dir) / "checkpoints" / "last.ckpt"
+    resume = checkpoints and last.is_file() and _readable(trainer, last)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if checkpoints and last.is_file() else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     elapsed = time.perf_counter() - start
     last_loss = trainer.callback_metrics.get("train/loss")
     if last_loss is not None and not torch.isfinite(last_loss):
         raise diverged("at the end of training")
+    require_finite_weights(module, "at the end of training")
     val = trainer.callback_metrics.get("val/acc")
     return {"val_acc": float(val) if val is not None else None, "train_time_s": elapsed}
 
@@ -77,4 +125,18 @@ def evaluate(cfg, module: Classifier, dm) -> dict:
     trainer.progress_bar_callback and trainer.callbacks.remove(trainer.progress_bar_callback)
     trainer.test(module, datamodule=dm, verbose=False)
     m = trainer.callback_metrics
-    return {"test_acc": float(m["test/acc"]), "test_loss": float(m["test/loss"])}
+    metrics = {"test_acc": float(m["test/acc"]), "test_loss": float(m["test/loss"])}
+    bad = checks.nonfinite_values(metrics)
+    if bad:
+        raise nonfinite(f"the evaluation gave {', '.join(bad)}:", "on the test split")
+    return metrics
+
+
+def _readable(trainer: pl.Trainer, path: Path) -> bool:
+    """Whether the resume checkpoint loads; one that does not is set aside (training starts over)."""
+    try:
+        trainer.strategy.checkpoint_io.load_checkpoint(path)
+        return True
+    except Exception as e:  # noqa: BLE001 - whatever the reader says, the file cannot be resumed from
+        set_aside(path, f"{type(e).__name__}; training starts from the beginning")
+        return False

@@ -176,7 +176,8 @@ class CompressionCallback(Callback):
     # -- transforms ---------------------------------------------------------------------------
     def _prune_to(self, rate: float, step) -> None:
         c = self.config
-        self.masks = prune_(self.model, rate, c.scope, c.structure, c.include, c.exclude, masks=self.masks)
+        self.masks = prune_(self.model, rate, c.scope, c.structure, c.include, c.exclude, masks=self.masks,
+                            criterion=c.criterion, seed=c.seed)
         self._record(step, "prune", rate)
 
     def _quantize(self) -> None:

@@ -3,6 +3,7 @@ checks: a bad value fails here, before any training, with the key and what would
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 
 from omegaconf import OmegaConf
@@ -12,6 +13,7 @@ from compresslab.errors import ConfigError
 
 TRANSFORMS = ("clip", "prune", "quantize")
 SCHEDULES = ("oneshot", "iterative", "gradual")
+CRITERIA = ("magnitude", "random")
 
 
 @dataclass
@@ -19,11 +21,14 @@ class CompressionConfig:
     pipeline: tuple = ()
     include: tuple | None = None
     exclude: tuple = ()
+    single_layer: str | None = None  # compress this layer alone (a sensitivity scan's point)
+    seed: int = 0                    # draws of random pruning (the job's seed)
     # clip
     threshold: float | None = None
     relative: bool = False
     # prune
     rate: float | None = None
+    criterion: str = "magnitude"
     scope: str = "layer"
     structure: str = "unstructured"
     schedule: str = "oneshot"
@@ -55,6 +60,11 @@ def parse(method_cfg) -> CompressionConfig:
         values[key] = tuple(values.get(key) or ())
     if "include" in values:
         values["include"] = tuple(values["include"]) or None
+    if values.get("single_layer") is not None:
+        if values.get("include"):
+            raise ConfigError(f"method.single_layer={values['single_layer']} and method.include are both set; "
+                              "set one (single_layer compresses that layer's weight alone)")
+        values["include"] = (re.escape(str(values["single_layer"])) + r"\.weight",)
     c = CompressionConfig(**values)
     check(c)
     return c
@@ -82,6 +92,7 @@ def check(c: CompressionConfig) -> None:
         if c.rate is None:
             raise ConfigError("method.rate is unset; pruning needs the fraction to zero (e.g. method.rate=0.9)")
         checks.number(c.rate, "method.rate", lo=0, hi=1, hi_open=True)
+        checks.choice(c.criterion, "method.criterion", CRITERIA)
         checks.choice(c.scope, "method.scope", ("layer", "global"))
         checks.choice(c.structure, "method.structure", ("unstructured", "neuron"))
         checks.choice(c.schedule, "method.schedule", SCHEDULES)

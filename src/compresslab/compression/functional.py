@@ -23,12 +23,26 @@ def magnitude_mask(w: torch.Tensor, rate: float) -> torch.Tensor:
 
 def magnitude_masks(ws: list[torch.Tensor], rate: float) -> list[torch.Tensor]:
     """Global magnitude pruning: zero the `rate` fraction of the smallest |w| over all tensors together."""
-    flat = torch.cat([w.detach().abs().flatten() for w in ws])
+    return lowest_masks([w.detach().abs() for w in ws], rate)
+
+
+def random_scores(w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random ranking of w's entries (random pruning, the control of Blalock et al. 2020): uniform
+    scores in [0, 1), already-zero entries at -1 so that pruning again to a higher rate only adds
+    zeros. The same generator state gives the same ranking, so the rounds of a schedule nest."""
+    scores = torch.rand(w.shape, generator=generator).to(w.device)
+    return torch.where(w.detach() == 0, torch.full_like(scores, -1.0), scores)
+
+
+def lowest_masks(scores: list[torch.Tensor], rate: float) -> list[torch.Tensor]:
+    """Zero exactly round(rate * total) entries of the lowest score over all tensors together (ties
+    broken by position)."""
+    flat = torch.cat([s.flatten() for s in scores])
     k = round(rate * flat.numel())
     keep = torch.ones_like(flat, dtype=torch.bool)
     if k > 0:
         keep[torch.topk(flat, k, largest=False, sorted=False).indices] = False
-    return [m.view_as(w) for m, w in zip(keep.split([w.numel() for w in ws]), ws)]
+    return [m.view_as(s) for m, s in zip(keep.split([s.numel() for s in scores]), scores)]
 
 
 def row_norms(w: torch.Tensor) -> torch.Tensor:
@@ -36,9 +50,10 @@ def row_norms(w: torch.Tensor) -> torch.Tensor:
     return w.detach().flatten(1).norm(dim=1) if w.dim() > 1 else w.detach().abs()
 
 
-def structured_mask(w: torch.Tensor, rate: float) -> torch.Tensor:
-    """Zero whole output units (neurons / conv channels): the round(rate * units) of smallest L2 norm."""
-    keep_rows = magnitude_mask(row_norms(w), rate)
+def structured_mask(w: torch.Tensor, rate: float, row_scores: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero whole output units (neurons / conv channels): the round(rate * units) of smallest L2 norm,
+    or of lowest `row_scores` (one per unit) when given."""
+    keep_rows = lowest_masks([row_norms(w) if row_scores is None else row_scores], rate)[0]
     return keep_rows.view(-1, *([1] * (w.dim() - 1))).expand_as(w).clone()
 
 

@@ -82,18 +82,27 @@ def clip_(model: nn.Module, threshold: float, relative: bool = False, include=No
 
 @torch.no_grad()
 def prune_(model: nn.Module, rate: float, scope: str = "layer", structure: str = "unstructured",
-           include=None, exclude=(), masks: dict | None = None) -> dict[str, torch.Tensor]:
+           include=None, exclude=(), masks: dict | None = None, criterion: str = "magnitude",
+           seed: int = 0) -> dict[str, torch.Tensor]:
     """Zero the `rate` fraction of smallest-magnitude target weights, per layer or over all targets
     together (`scope="global"`); `structure="neuron"` zeroes whole output units by L2 norm (per layer).
+    `criterion="random"` ranks weights (or units) by scores drawn from `seed` instead of magnitude.
     Already-zero weights count as the smallest, so pruning again to a higher rate only adds zeros."""
     params = targets(model, include, exclude)
     names = list(params)
-    if structure == "neuron":
+    generator = torch.Generator().manual_seed(int(seed))
+    if criterion == "random" and structure == "neuron":
+        row_scores = {n: F.random_scores(F.row_norms(params[n]), generator) for n in names}
+        new = {n: F.structured_mask(params[n], rate, row_scores[n]) for n in names}
+    elif structure == "neuron":
         new = {n: F.structured_mask(params[n], rate) for n in names}
-    elif scope == "global":
-        new = dict(zip(names, F.magnitude_masks([params[n] for n in names], rate)))
     else:
-        new = {n: F.magnitude_mask(params[n], rate) for n in names}
+        scores = [F.random_scores(params[n], generator) if criterion == "random" else params[n].detach().abs()
+                  for n in names]
+        if scope == "global":
+            new = dict(zip(names, F.lowest_masks(scores, rate)))
+        else:
+            new = {n: F.lowest_masks([s], rate)[0] for n, s in zip(names, scores)}
     new = _merge(masks, new)
     apply_masks_(model, new)
     return new

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from compresslab import checks, reuse
 from compresslab.checkpoint import load_model, save_model
+from compresslab.files import atomic_write
 from compresslab.metrics import count_params, size_fp32_bytes
 from compresslab.models import build_model
 from compresslab.modules import Classifier
@@ -60,17 +59,21 @@ def train_classifier(cfg, dm, model_cfg, train_cfg, out_dir: Path, loggers=(), c
 def obtain_trained(cfg, dm, model_cfg, train_cfg, kind: str, ckpt: str | None = None):
     """The trained model a compressed or distilled job starts from: loaded from `ckpt` when given,
     else trained once per (data, model, recipe, seed) and shared by every job that asks."""
-    if not ckpt:
-        spec = model_spec(cfg, model_cfg, train_cfg)
+    def load(path: Path):
+        return load_model(path, dm.input_shape, dm.num_classes, cfg.data.name, _plain(model_cfg),
+                          role=f"{kind} checkpoint" if ckpt else f"cached {kind}")
 
-        def train(directory: Path) -> Path:
-            execute(train_classifier(cfg, dm, model_cfg, train_cfg, directory))
-            return directory / reuse.MODEL_FILE
+    if ckpt:
+        model, payload = load(Path(ckpt))
+        return model, payload, str(ckpt)
 
-        ckpt = reuse.trained_once(Path(cfg.paths.cache_dir), kind, spec, train)
-    model, payload = load_model(Path(ckpt), dm.input_shape, dm.num_classes, cfg.data.name,
-                                _plain(model_cfg), role=f"{kind} checkpoint")
-    return model, payload, str(ckpt)
+    def train(directory: Path) -> Path:
+        execute(train_classifier(cfg, dm, model_cfg, train_cfg, directory))
+        return directory / reuse.MODEL_FILE
+
+    path, (model, payload) = reuse.trained_once(Path(cfg.paths.cache_dir), kind,
+                                                model_spec(cfg, model_cfg, train_cfg), train, load)
+    return model, payload, str(path)
 
 
 def baseline_spec(cfg) -> tuple | None:
@@ -96,10 +99,7 @@ def _publish(model_path: Path, cached: Path) -> None:
     """Offer a baseline job's model to later compressed jobs with the same spec (first one wins)."""
     if cached.exists():
         return
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-    shutil.copyfile(model_path, tmp)
-    tmp.replace(cached)
+    atomic_write(cached, Path(model_path).read_bytes())
 
 
 def _plain(node):

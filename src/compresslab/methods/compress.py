@@ -17,11 +17,12 @@ from pathlib import Path
 from compresslab import checks
 from compresslab.checkpoint import save_model
 from compresslab.compression import CompressionCallback, load_artifact, parse, save_artifact, verify
-from compresslab.errors import CheckpointError
+from compresslab.errors import CheckpointError, ConfigError
 from compresslab.loggers import wandb_run
 from compresslab.methods.baseline import _plain, check_recipe, obtain_trained
 from compresslab.metrics import compression_metrics, latency_ms, size_fp32_bytes, state_dict_bytes
 from compresslab.modules import Classifier
+from compresslab.sensitivity import compressible_layers
 from compresslab.steps import Evaluate, Fit
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ def steps(job):
     cfg, dm = job.cfg, job.dm
     c = parse(cfg.method)
     model, _, ckpt = obtain_trained(cfg, dm, cfg.model, cfg.train, "baseline", cfg.method.get("baseline_ckpt"))
+    if c.single_layer is not None and c.single_layer not in compressible_layers(model, c.exclude):
+        raise ConfigError(f"method.single_layer={c.single_layer} is not a compressible layer of "
+                          f"model={cfg.model.name}; choose one of {compressible_layers(model, c.exclude)}")
 
     scheduler = {"name": cfg.method.get("finetune_scheduler") or "none"}
 

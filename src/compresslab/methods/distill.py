@@ -23,7 +23,7 @@ from compresslab.errors import CheckpointError, ConfigError
 from compresslab.methods.baseline import _plain, check_recipe, model_spec, obtain_trained, train_classifier
 from compresslab.metrics import (compression_metrics, count_params, prediction_agreement, size_fp32_bytes,
                                  state_dict_bytes)
-from compresslab.models import build_model
+from compresslab.models import build_model, check_model_config
 from compresslab.modules import Classifier
 from compresslab.modules.distill import Distiller, predict_logits
 from compresslab.steps import Evaluate, Fit
@@ -60,6 +60,7 @@ def check(cfg) -> None:
             raise ConfigError("method.teacher has no arch: give a model config "
                               "(e.g. method.teacher.arch=mlp method.teacher.hidden=[1200,1200]) "
                               "or method.teacher.ckpt")
+        check_model_config(teacher_model_cfg(teacher), "method.teacher")
         teacher_run_cfg(cfg)  # unknown data keys fail now, not after the student has trained
     compression_of(cfg)
 
@@ -78,7 +79,7 @@ def teacher_run_cfg(cfg):
     changes = {"data": overrides} if overrides else {}
     seed = teacher.get("seed")
     if seed is not None and seed != cfg.seed:
-        changes["seed"] = checks.number(seed, "method.teacher.seed", integer=True)
+        changes["seed"] = checks.seed(seed, "method.teacher.seed")
     if not changes:
         return cfg
     try:
