@@ -26,8 +26,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from compresslab import reuse
-from compresslab.errors import CompresslabError, DivergedError
+from compresslab import checks, reuse
+from compresslab.errors import CompresslabError, DivergedError, nonfinite
 from compresslab.modules import Classifier
 from compresslab.modules.distill import Distiller
 from compresslab.modules.stacked import StackedBatches, StackedClassifier
@@ -253,7 +253,8 @@ def stacked_fit(requests: list[Fit]) -> list:
                                if isinstance(first.module, Distiller) else None)
     train = StackedBatches([r.dm.train_dataloader() for r in requests])
     val = StackedBatches([r.dm.val_dataloader() for r in requests]) if first.dm.has_val else None
-    trainer = make_trainer(cfg, Path(first.out_dir), first.epochs, checkpoints=False, has_val=val is not None)
+    trainer = make_trainer(cfg, Path(first.out_dir), first.epochs, checkpoints=False, has_val=val is not None,
+                           finite_check=False)
     log.info("training %d models as one stacked model", k)
     start = time.perf_counter()
     try:
@@ -267,10 +268,9 @@ def stacked_fit(requests: list[Fit]) -> list:
         if slot in module.failed:
             outcomes.append(DivergedError(module.failed[slot]))
             continue
-        weights = torch.cat([p.detach().flatten() for p in r.module.model.parameters()])
-        if not torch.isfinite(weights).all():
-            outcomes.append(DivergedError("training diverged: a weight is not finite after training; "
-                                          "lower train.optimizer.lr or set trainer.gradient_clip_val"))
+        bad = checks.nonfinite_parameters(r.module.model)
+        if bad:
+            outcomes.append(nonfinite(f"weights are ({', '.join(bad[:3])})", "at the end of training"))
             continue
         _write_outputs(r, module, slot)
         outcomes.append({"val_acc": module.val_acc[slot], "train_time_s": elapsed / k})
@@ -310,8 +310,12 @@ def stacked_evaluate(requests: list[Evaluate]) -> list:
         batch = torch.stack([loss, correct, torch.full_like(loss, b)])
         sums = batch if sums is None else sums + batch
     loss, correct, count = sums.cpu()
-    return [{"test_acc": float(correct[i] / count[i]), "test_loss": float(loss[i] / count[i])}
-            for i in range(len(models))]
+    outcomes = []
+    for i in range(len(models)):
+        metrics = {"test_acc": float(correct[i] / count[i]), "test_loss": float(loss[i] / count[i])}
+        bad = checks.nonfinite_values(metrics)
+        outcomes.append(nonfinite(f"the evaluation gave {', '.join(bad)}:", "on the test split") if bad else metrics)
+    return outcomes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,9 +26,11 @@ TRAINER_KEYS = ("accelerator", "devices", "strategy", "precision", "num_nodes", 
 
 
 def make_trainer(cfg, out_dir: Path, epochs: int, loggers=(), checkpoints: bool = True,
-                 has_val: bool = True, callbacks=()) -> pl.Trainer:
+                 has_val: bool = True, callbacks=(), finite_check: bool = True) -> pl.Trainer:
+    """The Trainer of a fit or test. `finite_check=False` for a module that checks its own losses
+    and weights (a stacked model fails only the model that diverged)."""
     options = {k: v for k, v in dict(cfg.trainer).items() if k in TRAINER_KEYS and v is not None}
-    callbacks = [FiniteCheck(), *callbacks]
+    callbacks = [FiniteCheck(), *callbacks] if finite_check else list(callbacks)
     refresh = cfg.trainer.get("progress_bar_refresh_rate")
     if options.get("enable_progress_bar", True) and refresh:
         # Lightning's default redraws the bar every step: a cost per step a raw loop does not pay.
