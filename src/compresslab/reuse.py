@@ -90,7 +90,7 @@ def train_missing_together(cache_dir: Path, kind: str, specs: list[dict],
             held.callback(fcntl.flock, lock, fcntl.LOCK_UN)
             if path.is_file():
                 continue  # trained by a concurrent job while we waited
-            (path.parent / "spec.json").write_text(json.dumps(missing[key], indent=2, default=str))
+            atomic_write(path.parent / "spec.json", json.dumps(missing[key], indent=2, default=str))
             claimed.append((missing[key], path.parent))
         if claimed:
             log.info("training %d %s models once for every job that needs them", len(claimed), kind)

@@ -13,6 +13,7 @@ first, as a stack of their own, and cached exactly as a job on its own would cac
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import random
@@ -28,6 +29,7 @@ from omegaconf import OmegaConf
 
 from compresslab import checks, reuse
 from compresslab.errors import CompresslabError, DivergedError, nonfinite
+from compresslab.files import atomic_write
 from compresslab.modules import Classifier
 from compresslab.modules.distill import Distiller
 from compresslab.modules.stacked import StackedBatches, StackedClassifier
@@ -282,12 +284,10 @@ def _write_outputs(request: Fit, module: StackedClassifier, slot: int) -> None:
     for logger in request.loggers:
         logger.save()
     if request.checkpoints and module.best[slot] is not None:
-        ckpt_dir = Path(request.out_dir) / "checkpoints"
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
         acc, payload = module.best[slot]
-        tmp = ckpt_dir / ".best.pt.tmp"
-        torch.save({**payload, "val_acc": acc}, tmp)
-        tmp.replace(ckpt_dir / "best.pt")
+        buffer = io.BytesIO()
+        torch.save({**payload, "val_acc": acc}, buffer)
+        atomic_write(Path(request.out_dir) / "checkpoints" / "best.pt", buffer.getvalue())
 
 
 @torch.no_grad()
