@@ -24,6 +24,7 @@ from compresslab.data import TensorDataModule
 from compresslab.errors import CompresslabError, ConfigError
 from compresslab.loggers import finish, job_loggers
 from compresslab.methods import RUNNERS
+from compresslab.training import is_rank_zero
 
 log = logging.getLogger(__name__)
 # Lightning's start-up banners (GPU/TPU availability, tips) say nothing about the job.
@@ -93,13 +94,14 @@ def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None,
     finally:
         record["job"]["wall_time_s"] = time.time() - started
         record["job"]["threads"] = torch.get_num_threads()
-        try:
-            wandb_dir = finish(job.loggers, record)
-        except Exception as e:  # noqa: BLE001 - a logging failure must not lose the record
-            log.warning("closing the W&B run failed: %s", e)
-            wandb_dir = None
-        record["paths"]["wandb"] = wandb_dir
-        results.write(out_dir, record)
+        if is_rank_zero():  # under DDP the other ranks only train
+            try:
+                wandb_dir = finish(job.loggers, record)
+            except Exception as e:  # noqa: BLE001 - a logging failure must not lose the record
+                log.warning("closing the W&B run failed: %s", e)
+                wandb_dir = None
+            record["paths"]["wandb"] = wandb_dir
+            results.write(out_dir, record)
     return record
 
 
