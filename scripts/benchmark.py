@@ -10,10 +10,9 @@ Measured side by side in one run (every figure is a median of interleaved repeti
 machine may be shared and its load changes under us; ratios of neighbouring runs are what count):
 
 - epoch:     per-epoch training time of a compresslab baseline (Classifier + make_trainer/fit +
-             TensorDataModule, with the job's checkpoints and CSV + offline W&B loggers) vs a minimal
-             hand-written loop on the same model, data, batch size and device; also compresslab with
-             Lightning's stock per-step behaviour (log every step, redraw the bar every step), i.e.
-             the path before its per-step work was cut.
+             TensorDataModule, with the job's checkpoints and CSV + offline W&B loggers: Lightning's
+             automatic optimisation, one batch per optimizer step) vs a minimal hand-written loop on
+             the same model, data, batch size and device.
 - startup:   a fresh `python -m compresslab.train` process: start to first training step.
 - multirun:  a sequential multirun: each job's time beyond its training epochs.
 - sweep:     a 5-rate prune sweep reusing one baseline vs 5 independent prune jobs.
@@ -232,15 +231,12 @@ class RawLoop:
         return time.perf_counter() - t, time.process_time() - c
 
 
-def compresslab_fit(cfg, dm, epochs: int, stock_lightning: bool = False,
+def compresslab_fit(cfg, dm, epochs: int,
                     raw: RawLoop | None = None) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """(wall, CPU) seconds of each epoch of `compresslab.training.fit` on a Classifier, as a baseline job runs it
     (checkpoints, CSV + offline W&B loggers), and of an epoch of `raw` run right after each of them:
     the pairs are seconds apart, so a host that slows down for a while slows both sides of a pair
-    (this machine is shared: epoch times drift by ±20% within a minute). `stock_lightning` restores Lightning's defaults for
-    the per-step work compresslab cuts (log every step, Lightning's default progress bar updated
-    every step, Lightning's batch transfer, one batch per training_step call): the path before it
-    was made fast."""
+    (this machine is shared: epoch times drift by ±20% within a minute)."""
     import pytorch_lightning as pl
     import torch
     from omegaconf import OmegaConf
@@ -264,31 +260,9 @@ def compresslab_fit(cfg, dm, epochs: int, stock_lightning: bool = False,
             if raw is not None:
                 self.raw_times.append(raw.epoch())
 
-    class StockClassifier(Classifier):
-        __setattr__ = pl.LightningModule.__setattr__
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.automatic_optimization = True  # Lightning's closure-wrapped step
-
-        def training_step(self, batch, batch_idx):
-            loss = self.training_loss(batch)
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)  # every step, a bar value
-            return loss
-
-        def on_train_epoch_end(self):  # Lightning steps the schedule itself
-            pass
-
-        def transfer_batch_to_device(self, batch, device, dataloader_idx):
-            return pl.LightningModule.transfer_batch_to_device(self, batch, device, dataloader_idx)
-
-    cfg = cfg.copy()
-    if stock_lightning:
-        cfg.trainer.progress_bar_refresh_rate = None  # Lightning's own bar, redrawn every step
-        cfg.trainer.steps_per_call = 1  # one batch per training_step call
     torch.manual_seed(cfg.seed)
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), dm.input_shape, dm.num_classes)
-    module = (StockClassifier if stock_lightning else Classifier)(
+    module = Classifier(
         model, dm.num_classes, OmegaConf.to_container(cfg.train.optimizer, resolve=True),
         OmegaConf.to_container(cfg.train.scheduler, resolve=True), epochs)
     timer = EpochTimes()
@@ -310,9 +284,9 @@ def epoch_workloads(args) -> list[dict]:
     resnet = ["data=synthetic", "model=resnet20", "data.val_fraction=0", "data.batch_size=128",
               "data.synthetic.shape=[3,32,32]", f"data.synthetic.n_train={n_res}", "data.synthetic.n_test=256"]
     return [{"name": "LeNet-300-100, MNIST", "overrides": lenet, "reps": 2 if q else 5, "epochs": 2 if q else 3,
-             "stock": True},
+             "control": True},
             {"name": "ResNet-20, CIFAR-shaped synthetic", "overrides": resnet, "reps": 1 if q else 2,
-             "epochs": 2, "stock": False}]
+             "epochs": 2, "control": False}]
 
 
 def bench_epoch(args) -> dict:
@@ -330,14 +304,12 @@ def bench_epoch(args) -> dict:
         dm = build_datamodule(cfg)
         dm.setup()
         channels_last = args.channels_last and dm.x_train.dim() == 4
-        variants = ["compresslab"] + (["stock"] if w["stock"] else [])
-        pairs = {v: [] for v in variants}  # (variant wall, variant CPU, raw wall, raw CPU) per epoch
+        pairs = {"compresslab": []}  # (compresslab wall, CPU, raw wall, raw CPU) per epoch
         for _ in range(w["reps"]):
-            for v in variants:
-                raw = RawLoop(cfg, dm, w["epochs"], device, args.bf16, channels_last)
-                times, raw_times = compresslab_fit(cfg, dm, w["epochs"], stock_lightning=v == "stock", raw=raw)
-                pairs[v] += [(*a, *r) for a, r in zip(times, raw_times)]
-            if w["stock"]:  # the pairing's own error: a raw loop paired with a second raw loop
+            raw = RawLoop(cfg, dm, w["epochs"], device, args.bf16, channels_last)
+            times, raw_times = compresslab_fit(cfg, dm, w["epochs"], raw=raw)
+            pairs["compresslab"] += [(*a, *r) for a, r in zip(times, raw_times)]
+            if w["control"]:  # the pairing's own error: a raw loop paired with a second raw loop
                 first, second = (RawLoop(cfg, dm, w["epochs"], device, args.bf16, channels_last) for _ in range(2))
                 pairs.setdefault("raw_control", []).extend(
                     (*first.epoch(), *second.epoch()) for _ in range(w["epochs"]))
@@ -349,14 +321,12 @@ def bench_epoch(args) -> dict:
             row["raw_control_wall_range"] = [min(control), max(control)]
         for clock, i in (("wall", 0), ("cpu", 1)):
             row[f"raw_{clock}_s"] = median([p[2 + i] for p in pairs["compresslab"]])
-            for v in variants:
-                row[f"{v}_{clock}_s"] = median([p[i] for p in pairs[v]])
-                row[f"{v}_{clock}_ratio"] = median([p[i] / p[2 + i] for p in pairs[v]])
+            row[f"compresslab_{clock}_s"] = median([p[i] for p in pairs["compresslab"]])
+            row[f"compresslab_{clock}_ratio"] = median([p[i] / p[2 + i] for p in pairs["compresslab"]])
         out.append(row)
         print(f"[epoch] {w['name']}: wall raw {row['raw_wall_s']:.3f} s, compresslab {row['compresslab_wall_s']:.3f} s "
               f"({row['compresslab_wall_ratio']:.3f}x); CPU time ratio {row['compresslab_cpu_ratio']:.3f}"
-              + (f"; stock Lightning per-step path {row['stock_wall_ratio']:.3f}x wall, {row['stock_cpu_ratio']:.3f}x CPU"
-                 f"; raw paired with raw {row['raw_control_wall_ratio']:.3f}x" if w["stock"] else ""), flush=True)
+              + (f"; raw paired with raw {row['raw_control_wall_ratio']:.3f}x" if w["control"] else ""), flush=True)
     return {"workloads": out}
 
 
@@ -669,26 +639,22 @@ def markdown(res: dict) -> str:
                   "Target: compresslab ≤ 1.10× the raw loop. Each compresslab epoch is followed by an epoch of "
                   "the raw loop; ratio = median over these pairs of their ratio, times = medians. Wall = elapsed "
                   "time; CPU = this process's CPU time.", "",
-                  "| workload | samples | raw loop s (wall / CPU) | compresslab s (wall / CPU) | ratio wall | ratio CPU "
-                  "| stock Lightning per-step path: ratio wall | ratio CPU |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| workload | samples | raw loop s (wall / CPU) | compresslab s (wall / CPU) | ratio wall | ratio CPU |",
+                  "|---|---|---|---|---|---|"]
         for w in s["epoch"]["workloads"]:
-            stock = (f"{w['stock_wall_ratio']:.3f} | {w['stock_cpu_ratio']:.3f}" if "stock_wall_s" in w else "– | –")
             lines.append(f"| {w['workload']} | {w['samples']} × bs {w['batch_size']}, {w['reps']}×{w['epochs_per_run']} "
                          f"epochs | {w['raw_wall_s']:.3f} / {w['raw_cpu_s']:.3f} | {w['compresslab_wall_s']:.3f} / "
                          f"{w['compresslab_cpu_s']:.3f} | **{w['compresslab_wall_ratio']:.3f}** | "
-                         f"**{w['compresslab_cpu_ratio']:.3f}** | {stock} |")
+                         f"**{w['compresslab_cpu_ratio']:.3f}** |")
         for w in s["epoch"]["workloads"]:
             if "raw_control_wall_ratio" in w:
                 lo, hi = w["raw_control_wall_range"]
                 lines += ["", f"Pairing check ({w['workload']}): the raw loop paired the same way with a second raw "
                               f"loop gives {w['raw_control_wall_ratio']:.3f}× (pairs from {lo:.3f}× to {hi:.3f}×)."]
         lines += ["", "compresslab = `Classifier` + `make_trainer`/`fit` + `TensorDataModule` with the job's "
-                  "checkpoints and CSV + offline W&B loggers and its `trainer.steps_per_call` batches per "
-                  "training_step call; both loops use the job's optimizer (fused Adam by default); stock = the "
-                  "same with Lightning's per-step defaults (one batch per call, automatic optimisation with "
-                  "its closure, loss logged every step, Lightning's own progress bar updated every step, "
-                  "generic batch transfer): the path before the speed work.", ""]
+                  "checkpoints and CSV + offline W&B loggers: Lightning's automatic optimisation, one batch per "
+                  "optimizer step, the loss logged through `self.log`; both loops use the job's optimizer "
+                  "(fused Adam by default).", ""]
     rows = []
     if not fail("startup"):
         st = s["startup"]

@@ -158,35 +158,44 @@ class ZerosProbe(pl.Callback):
     def __init__(self, cb):
         self.cb, self.checked = cb, 0
 
-    def on_train_step_end(self, trainer, pl_module):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         params = dict(pl_module.model.named_parameters())
         for name, mask in self.cb.masks.items():
             assert not params[name][~mask].any()
         self.checked += 1
 
 
-def tiny_fit(model, callback, epochs=2, steps_per_call=None):
-    """8 steps per epoch: from a plain DataLoader, or in blocks of `steps_per_call` from TensorBatches."""
+def tiny_data(loader="dataloader", epoch=None):
+    """8 batches of 32: a plain DataLoader, or the project's TensorBatches (shuffled by epoch)."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(256, 1, 8, 8, generator=g), torch.randint(0, 10, (256,), generator=g)
-    if steps_per_call is None:
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
-    else:
-        loader = TensorBatches(x, y, 32, steps_per_call=steps_per_call)
+    if loader == "dataloader":
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    return TensorBatches(x, y, 32, shuffle=True, epoch=epoch)
+
+
+def tiny_trainer(epochs, callbacks, **options):
+    return pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=callbacks, **options)
+
+
+def tiny_fit(model, callback, epochs=2, loader="dataloader"):
     module = Classifier(model, 10, {"name": "adam", "lr": 1e-2}, {"name": "none"}, epochs)
     probe = ZerosProbe(callback)
-    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[callback, probe])
-    trainer.fit(module, train_dataloaders=loader)
+    tiny_trainer(epochs, [callback, probe]).fit(module, train_dataloaders=tiny_data(loader))
     return probe
 
 
-@pytest.mark.parametrize("steps_per_call", [None, 3])
-def test_masks_survive_every_optimizer_step_of_iterative_pruning(steps_per_call):
+def prune(schedule="iterative", **options):
+    return CompressionCallback({"pipeline": ["prune"], "rate": 0.8, "schedule": schedule, "rounds": 4, **options},
+                               submodule="model")
+
+
+@pytest.mark.parametrize("loader", ["dataloader", "tensorbatches"])
+def test_masks_survive_every_optimizer_step_of_iterative_pruning(loader):
     model = lenet300()
-    cb = CompressionCallback({"pipeline": ["prune"], "rate": 0.8, "schedule": "iterative", "rounds": 4})
-    probe = tiny_fit(model, cb, epochs=2, steps_per_call=steps_per_call)
+    cb = prune()
+    probe = tiny_fit(model, cb, epochs=2, loader=loader)
     assert probe.checked == 16
     targets = [h["target"] for h in cb.history]
     assert targets == sorted(targets) and targets[-1] == pytest.approx(0.8) and len(targets) == 4
@@ -195,12 +204,11 @@ def test_masks_survive_every_optimizer_step_of_iterative_pruning(steps_per_call)
         assert F.sparsity(p) == pytest.approx(0.8, abs=0.01)
 
 
-@pytest.mark.parametrize("steps_per_call", [None, 3])
-def test_gradual_pruning_follows_the_cubic_schedule(steps_per_call):
+def test_gradual_pruning_follows_the_cubic_schedule():
     model = lenet300()
     cb = CompressionCallback({"pipeline": ["prune"], "rate": 0.9, "schedule": "gradual", "prune_every": 2,
-                              "prune_end": 0.75})
-    tiny_fit(model, cb, epochs=2, steps_per_call=steps_per_call)  # 16 steps: updates at 0, 2, ..., 12
+                              "prune_end": 0.75}, submodule="model")
+    tiny_fit(model, cb, epochs=2)  # 16 steps: updates at 0, 2, ..., 12
     steps = [h["step"] for h in cb.history]
     assert steps == [0, 2, 4, 6, 8, 10, 12]
     assert [h["target"] for h in cb.history] == pytest.approx(
@@ -208,9 +216,86 @@ def test_gradual_pruning_follows_the_cubic_schedule(steps_per_call):
     assert F.sparsity(model.net[1].weight) == pytest.approx(0.9, abs=0.01)
 
 
+def test_schedules_count_optimizer_steps_when_batches_accumulate():
+    model = lenet300()
+    cb = prune()
+    module = Classifier(model, 10, {"name": "adam", "lr": 1e-2}, {"name": "none"}, 2)
+    tiny_trainer(2, [cb], accumulate_grad_batches=2).fit(module, train_dataloaders=tiny_data())
+    assert module.global_step == 8 and [h["step"] for h in cb.history] == [0, 2, 4, 6]
+
+
+class PlainModule(pl.LightningModule):
+    """A LightningModule as a user writes one: not the project's, its network in `self.layers`."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.layers(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("submodule", [None, "layers"])
+def test_the_callback_compresses_any_lightning_module(submodule):
+    module = PlainModule()
+    cb = CompressionCallback({"pipeline": ["prune", "quantize"], "rate": 0.5, "bits": 3}, submodule=submodule)
+    tiny_trainer(2, [cb]).fit(module, train_dataloaders=tiny_data())
+    names = {"layers.1.weight", "layers.3.weight"} if submodule is None else {"1.weight", "3.weight"}
+    verify(cb.model, cb.config, ["prune", "quantize"])  # raises when a target is missed
+    assert set(cb.masks) == names and set(quantization_of(cb.model)) == names
+    assert all(F.sparsity(module.layers[i].weight) == pytest.approx(0.5, abs=0.01) for i in (1, 3))
+    assert [h["transform"] for h in cb.history] == ["prune", "quantize"] and cb.history[0]["step"] == 0
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopAtEpoch(pl.Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise Interrupted
+
+
+@pytest.mark.parametrize("method", [
+    {"pipeline": ["prune"], "rate": 0.8, "schedule": "iterative", "rounds": 4},
+    {"pipeline": ["prune", "quantize"], "rate": 0.5, "bits": 2, "quantizer": "kmeans"},
+])
+def test_a_fit_resumed_from_a_checkpoint_ends_as_the_uninterrupted_one(tmp_path, method):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def run(stop=None, ckpt=None):
+        pl.seed_everything(0, verbose=False)
+        model = lenet300()
+        cb = CompressionCallback(method, submodule="model")
+        module = Classifier(model, 10, {"name": "adam", "lr": 1e-2}, {"name": "none"}, 4)
+        extra = [ModelCheckpoint(dirpath=tmp_path, filename="last"), StopAtEpoch(stop)] if stop else []
+        trainer = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[cb, *extra], enable_checkpointing=bool(stop))
+        trainer.fit(module, train_dataloaders=tiny_data("tensorbatches", lambda: trainer.current_epoch),
+                    ckpt_path=ckpt)
+        return model, cb
+
+    whole, whole_cb = run()
+    with pytest.raises(Interrupted):  # in the middle of the pipeline: after 2 of 4 epochs
+        run(stop=2)
+    resumed, resumed_cb = run(ckpt=tmp_path / "last.ckpt")
+    assert len(resumed_cb.history) > 1 and resumed_cb.history == whole_cb.history
+    assert quantization_of(resumed).keys() == quantization_of(whole).keys()
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_prune_then_qat_keeps_zeros_and_ends_on_the_grid():
     model = lenet300()
-    cb = CompressionCallback({"pipeline": ["prune", "quantize"], "rate": 0.5, "bits": 3})
+    cb = CompressionCallback({"pipeline": ["prune", "quantize"], "rate": 0.5, "bits": 3}, submodule="model")
     tiny_fit(model, cb, epochs=2)
     c = cb.config
     measured = verify(model, c, ["prune", "quantize"])
@@ -221,7 +306,7 @@ def test_prune_then_qat_keeps_zeros_and_ends_on_the_grid():
 def test_kmeans_qat_shares_weights_that_moved_with_training():
     model = lenet300()
     before = model.net[1].weight.detach().clone()
-    cb = CompressionCallback({"pipeline": ["quantize"], "bits": 2, "quantizer": "kmeans"})
+    cb = CompressionCallback({"pipeline": ["quantize"], "bits": 2, "quantizer": "kmeans"}, submodule="model")
     tiny_fit(model, cb, epochs=1)
     w = model.net[1].weight
     assert torch.unique(w).numel() <= 4

@@ -1,6 +1,6 @@
-"""The fast training path keeps every feature of Lightning's stock per-step behaviour: the same
-training, the same metrics logged at the same steps, a progress bar on request, batches that need
-moving still moved, whether a training_step call takes one batch or a block of them."""
+"""The training path is Lightning's stock one and fast where that costs nothing: it trains exactly as
+a hand-written loop over the same batches, logs at Lightning's steps, hands a user's callbacks every
+batch, shows a progress bar on request and still moves batches that need moving."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
-from compresslab.data import StepBlock, TensorBatches
+from compresslab.data import TensorBatches
 from compresslab.job import build_datamodule
 from compresslab.models import build_model
 from compresslab.errors import ConfigError
@@ -30,69 +30,81 @@ def config(*overrides):
                                            *overrides])
 
 
-class LightningStock(Classifier):
-    """The same module as Lightning runs it stock: one batch per training_step call, automatic
-    optimisation (its closure, its scheduler stepping and gradient clipping), the loss logged
-    through `self.log` on every step. The reference the written-out, blocked step must match."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.automatic_optimization = True
-
-    def training_step(self, batch, batch_idx):
-        loss = self.training_loss(batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=False)
-        return loss
-
-    def on_train_epoch_end(self):
-        pass
-
-
-def logged_rows(cls, cfg, tmp_path) -> list[tuple[int, str, float]]:
+def logged_rows(cfg, tmp_path) -> list[tuple[int, str, float]]:
     dm = build_datamodule(cfg)
     dm.setup()
     pl.seed_everything(0, verbose=False)
     model = build_model(OmegaConf.to_container(cfg.model), dm.input_shape, dm.num_classes)
-    module = cls(model, dm.num_classes, OmegaConf.to_container(cfg.train.optimizer),
-                 OmegaConf.to_container(cfg.train.scheduler), cfg.train.epochs)
+    module = Classifier(model, dm.num_classes, OmegaConf.to_container(cfg.train.optimizer),
+                        OmegaConf.to_container(cfg.train.scheduler), cfg.train.epochs)
     logger = CSVLogger(str(tmp_path), name="csv", version="")
     fit(cfg, module, dm, tmp_path, cfg.train.epochs, [logger], checkpoints=False)
     with open(tmp_path / "csv" / "metrics.csv") as f:
         return [(int(r["step"]), key, float(r[key])) for r in csv.DictReader(f)
-                for key in ("train/loss", "val/acc", "epoch") if r.get(key)]
+                for key in ("train/loss", "val/acc") if r.get(key)]
 
 
-@pytest.mark.parametrize("steps_per_call", [1, 3, 8])
-def test_metrics_are_logged_at_the_same_steps_with_the_same_values_as_stock_lightning(tmp_path, steps_per_call):
-    # 8 steps per epoch, 16 in all: blocks of 3 end mid-epoch, blocks of 8 exactly at its end
-    cfg = config("model=mlp", "train.epochs=2", "data.val_fraction=0.2", "trainer.log_every_n_steps=3")
-    fast = logged_rows(Classifier, OmegaConf.merge(cfg, {"trainer": {"steps_per_call": steps_per_call}}),
-                       tmp_path / "fast")
-    stock = logged_rows(LightningStock, OmegaConf.merge(cfg, {"trainer": {"steps_per_call": 1}}), tmp_path / "stock")
-    assert [(s, k) for s, k, _ in fast] == [(s, k) for s, k, _ in stock]
-    assert sum(k == "train/loss" for _, k, _ in fast) == 16 // 3
-    assert sum(k == "val/acc" for _, k, _ in fast) == 2
-    assert [v for _, _, v in fast] == pytest.approx([v for _, _, v in stock])
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_loss_is_logged_every_n_optimizer_steps_and_validation_once_an_epoch(tmp_path, accumulate):
+    # 8 batches per epoch, 2 epochs: 16 optimizer steps, or 8 when two batches make one step
+    cfg = config("model=mlp", "train.epochs=2", "data.val_fraction=0.2", "trainer.log_every_n_steps=3",
+                 f"trainer.accumulate_grad_batches={accumulate}")
+    rows = logged_rows(cfg, tmp_path)
+    steps = 16 // accumulate
+    assert [s for s, k, _ in rows if k == "train/loss"] == list(range(2, steps, 3))
+    assert [s for s, k, _ in rows if k == "val/acc"] == [steps // 2 - 1, steps - 1]
 
 
-def test_training_batches_come_in_blocks_of_steps_per_call_in_the_same_order():
-    x = torch.arange(20.0)[:, None]
-    plain = list(TensorBatches(x, torch.arange(20), batch_size=2, shuffle=True, seed=3))
-    blocked = TensorBatches(x, torch.arange(20), batch_size=2, shuffle=True, seed=3, steps_per_call=4)
-    blocks = list(blocked)
-    assert blocked.num_batches == 10 and len(blocked) == len(blocks) == 3
-    assert all(isinstance(b, StepBlock) for b in blocks) and [len(b) for b in blocks] == [4, 4, 2]
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(plain, [b for block in blocks for b in block]))
+class BatchProbe(pl.Callback):
+    """What a user's own callback sees: Lightning's stock hooks, one batch each."""
+
+    def __init__(self):
+        self.batches, self.backwards, self.steps = [], 0, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        x, y = batch
+        self.batches.append(len(y))
+
+    def on_after_backward(self, trainer, pl_module):
+        self.backwards += 1
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.steps += 1
 
 
-def test_steps_per_call_must_be_a_positive_integer(tmp_path):
-    cfg = config("model=mlp", "trainer.steps_per_call=0")
+def test_a_users_callback_gets_every_batch_backward_and_optimizer_step(tmp_path):
+    cfg = config("model=mlp", "train.epochs=2", "+trainer.limit_train_batches=7")  # 10 batches of 64 per epoch
     dm = build_datamodule(cfg)
     dm.setup()
     module = Classifier(build_model(OmegaConf.to_container(cfg.model), dm.input_shape, dm.num_classes),
                         dm.num_classes, OmegaConf.to_container(cfg.train.optimizer))
-    with pytest.raises(ConfigError, match=r"trainer.steps_per_call=0 is out of range"):
-        fit(cfg, module, dm, tmp_path, 1, checkpoints=False)
+    probe = BatchProbe()
+    fit(cfg, module, dm, tmp_path, 2, callbacks=[probe], checkpoints=False)
+    assert probe.batches == [64] * 14 and probe.backwards == probe.steps == module.global_step == 14
+
+
+def test_a_shuffled_pass_depends_only_on_the_seed_and_the_epoch():
+    x = torch.arange(20.0)[:, None]
+
+    def order(epoch, seed=3):
+        loader = TensorBatches(x, torch.arange(20), batch_size=20, shuffle=True, seed=seed, epoch=lambda: epoch)
+        return next(iter(loader))[1]
+
+    counted = TensorBatches(x, torch.arange(20), batch_size=20, shuffle=True, seed=3)
+    first, second = (next(iter(counted))[1] for _ in range(2))  # no epoch given: passes are counted
+    assert torch.equal(first, order(0)) and torch.equal(second, order(1))
+    assert not torch.equal(order(0), order(1)) and not torch.equal(order(1), order(1, seed=4))
+    assert torch.equal(order(5), order(5))
+
+
+@pytest.mark.parametrize("n,world", [(20, 2), (21, 2), (22, 4), (3, 4)])
+def test_every_rank_gets_the_same_number_of_batches_and_together_all_samples(n, world):
+    x, y = torch.arange(float(n))[:, None], torch.arange(n)
+    shares = [list(TensorBatches(x, y, batch_size=2, shuffle=True, seed=1, rank=r, world_size=world))
+              for r in range(world)]
+    assert len({len(s) for s in shares}) == 1 and len(shares[0]) == len(TensorBatches(x, y, 2, world_size=world))
+    seen = torch.cat([b[1] for s in shares for b in s])
+    assert len(seen) == world * -(-n // world) and set(seen.tolist()) == set(range(n))
 
 
 def test_batches_already_on_the_device_are_passed_through_and_others_moved():
@@ -145,36 +157,41 @@ def test_loss_is_a_progress_bar_value_only_when_a_bar_is_shown(tmp_path, bar):
     assert "train/loss" in trainer.callback_metrics
 
 
-@pytest.mark.parametrize("scheduler,clip,steps_per_call",
-                         [("cosine", None, 8), ("onecycle", None, 3), ("onecycle", None, 1), ("step", 0.05, 4)])
-def test_written_out_step_trains_exactly_as_lightnings_automatic_optimisation(tmp_path, scheduler, clip,
-                                                                              steps_per_call):
+@pytest.mark.parametrize("scheduler,clip", [("cosine", None), ("onecycle", None), ("step", 0.05)])
+def test_a_job_trains_exactly_as_a_hand_written_loop_over_the_same_batches(tmp_path, scheduler, clip):
     cfg = config("model=mlp", "train.epochs=3", f"train.scheduler.name={scheduler}", "+train.scheduler.step_size=1",
-                 f"trainer.steps_per_call={steps_per_call}",
                  "train.optimizer.name=sgd", "train.optimizer.lr=0.05", f"trainer.gradient_clip_val={clip or 'null'}")
     dm = build_datamodule(cfg)
     dm.setup()
+    recipe = OmegaConf.to_container(cfg.train.optimizer), OmegaConf.to_container(cfg.train.scheduler)
 
-    def trained(cls):
+    def fresh():
         pl.seed_everything(0, verbose=False)
-        model = build_model(OmegaConf.to_container(cfg.model), dm.input_shape, dm.num_classes)
-        module = cls(model, dm.num_classes, OmegaConf.to_container(cfg.train.optimizer),
-                     OmegaConf.to_container(cfg.train.scheduler), cfg.train.epochs)
-        if cls is Classifier:
-            fit(cfg, module, dm, tmp_path / "ours", cfg.train.epochs, checkpoints=False)
-        else:
-            dm.steps_per_call = 1  # Lightning's stock contract: one batch per call
-            pl.Trainer(max_epochs=cfg.train.epochs, logger=False, enable_checkpointing=False,
-                       enable_progress_bar=False, enable_model_summary=False,
-                       gradient_clip_val=clip).fit(module, datamodule=dm)
-        lr = module.trainer.optimizers[0].param_groups[0]["lr"]
-        return [p.detach().clone() for p in model.parameters()], lr, module.global_step
+        return build_model(OmegaConf.to_container(cfg.model), dm.input_shape, dm.num_classes)
 
-    ours, ours_lr, ours_steps = trained(Classifier)
-    ref, ref_lr, ref_steps = trained(LightningStock)
-    assert ours_steps == ref_steps == 30
-    assert ours_lr == pytest.approx(ref_lr) and ours_lr != pytest.approx(0.05)  # the schedule did move
-    for a, b in zip(ours, ref):
+    ours = fresh()
+    module = Classifier(ours, dm.num_classes, *recipe, cfg.train.epochs)
+    fit(cfg, module, dm, tmp_path, cfg.train.epochs, checkpoints=False)
+
+    raw = fresh()
+    loader = TensorBatches(dm.x_train, dm.y_train, dm.batch_size, shuffle=True, seed=dm.seed)
+    built = build_optimizer(raw.parameters(), *recipe, cfg.train.epochs, total_steps=3 * len(loader))
+    optimizer, schedule = built["optimizer"], built["lr_scheduler"]
+    for _ in range(cfg.train.epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(raw(x), y).backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(raw.parameters(), clip)
+            optimizer.step()
+            if schedule["interval"] == "step":
+                schedule["scheduler"].step()
+        if schedule["interval"] == "epoch":
+            schedule["scheduler"].step()
+    assert module.global_step == 30
+    assert module.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])
+    assert optimizer.param_groups[0]["lr"] != pytest.approx(0.05)  # the schedule did move
+    for a, b in zip(ours.parameters(), raw.parameters()):
         torch.testing.assert_close(a, b)
 
 
@@ -204,28 +221,3 @@ def test_onecycle_steps_per_batch_and_needs_the_step_count():
     assert built["lr_scheduler"]["interval"] == "step"
     with pytest.raises(ConfigError, match="onecycle needs a known number of training steps"):
         build_optimizer(params, {"name": "adam", "lr": 0.1}, {"name": "onecycle"}, 2)
-
-
-class BackwardCounter(pl.Callback):
-    def __init__(self):
-        self.calls = 0
-
-    def on_after_backward(self, trainer, pl_module):
-        self.calls += 1
-
-
-def test_backward_hooks_still_run_on_every_step_when_something_implements_them(tmp_path):
-    cfg = config("model=mlp", "train.epochs=1", "trainer.steps_per_call=3")  # 10 steps: blocks of 3, 3, 3, 1
-    dm = build_datamodule(cfg)
-    dm.setup()
-
-    def fitted(callbacks):
-        module = Classifier(build_model(OmegaConf.to_container(cfg.model), dm.input_shape, dm.num_classes),
-                            dm.num_classes, OmegaConf.to_container(cfg.train.optimizer))
-        fit(cfg, module, dm, tmp_path, 1, callbacks=callbacks, checkpoints=False)
-        return module
-
-    assert fitted([])._plain_backward  # nothing listens: loss.backward() itself
-    counter = BackwardCounter()
-    assert not fitted([counter])._plain_backward
-    assert counter.calls == 10

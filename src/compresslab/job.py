@@ -29,6 +29,7 @@ from compresslab.loggers import finish, job_loggers
 from compresslab.methods import RUNNERS
 from compresslab.models import check_model_config
 from compresslab.steps import execute
+from compresslab.training import is_rank_zero
 
 log = logging.getLogger(__name__)
 # Lightning's start-up banners (GPU/TPU availability, tips) say nothing about the job.
@@ -125,17 +126,18 @@ def job_steps(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None
     finally:
         record["job"]["wall_time_s"] = time.time() - started
         record["job"]["threads"] = torch.get_num_threads()
-        try:
-            wandb_dir = finish(job.loggers, record)
-        except Exception as e:  # noqa: BLE001 - a logging failure must not lose the record
-            log.warning("closing the W&B run failed: %s", e)
-            wandb_dir = None
-        record["paths"]["wandb"] = wandb_dir
-        try:
-            results.write(out_dir, record)
-        except StorageError as e:  # the disk is full even for the record: the caller says so
-            record["job"]["record_error"] = str(e)
-            log.error("%s", e)
+        if is_rank_zero():  # under DDP the other ranks only train
+            try:
+                wandb_dir = finish(job.loggers, record)
+            except Exception as e:  # noqa: BLE001 - a logging failure must not lose the record
+                log.warning("closing the W&B run failed: %s", e)
+                wandb_dir = None
+            record["paths"]["wandb"] = wandb_dir
+            try:
+                results.write(out_dir, record)
+            except StorageError as e:  # the disk is full even for the record: the caller says so
+                record["job"]["record_error"] = str(e)
+                log.error("%s", e)
     return record
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from pathlib import Path
@@ -12,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def job_loggers(cfg, out_dir: Path, config: dict, run_name: str, group: str | None) -> list:
-    loggers = [CSVLogger(str(out_dir), name="csv", version="")] if cfg.logger.csv else []
+    loggers = [csv_logger(out_dir)] if cfg.logger.csv else []
     wb = cfg.logger.wandb
     if wb.enabled:
         import wandb
@@ -29,6 +30,26 @@ def job_loggers(cfg, out_dir: Path, config: dict, run_name: str, group: str | No
         run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
         loggers.append(WandbLogger(experiment=run, save_dir=str(out_dir)))
     return loggers
+
+
+def csv_logger(out_dir: Path) -> CSVLogger:
+    """The job's csv/metrics.csv. Lightning's writer deletes the file it finds there; a job resuming
+    from its checkpoints (a fresh attempt has none: sweep.prepare_attempt removes them) keeps the
+    rows of its earlier attempts."""
+    logger = CSVLogger(str(out_dir), name="csv", version="")
+    path = metrics_csv(logger)
+    if path.is_file() and any(Path(out_dir).rglob("last.ckpt")):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            step = row.pop("step")
+            logger.experiment.log_metrics({k: v for k, v in row.items() if v != ""}, int(step))
+        logger.save()
+    return logger
+
+
+def metrics_csv(logger: CSVLogger) -> Path:
+    return Path(logger.log_dir) / "metrics.csv"
 
 
 def _wandb_settings():

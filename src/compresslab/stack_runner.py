@@ -16,13 +16,11 @@ import contextlib
 import io
 import json
 import logging
-import random
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
@@ -34,6 +32,7 @@ from compresslab.modules import Classifier
 from compresslab.modules.distill import Distiller
 from compresslab.modules.stacked import StackedBatches, StackedClassifier
 from compresslab.steps import Evaluate, Fit
+from compresslab.training import rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +55,11 @@ class RandomState:
 
     def __enter__(self):
         if self.saved is not None:
-            torch_state, cuda_state, np_state, py_state = self.saved
-            torch.set_rng_state(torch_state)
-            if cuda_state is not None:
-                torch.cuda.set_rng_state_all(cuda_state)
-            np.random.set_state(np_state)
-            random.setstate(py_state)
+            set_rng_states(self.saved)
         return self
 
     def __exit__(self, *exc):
-        cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        self.saved = (torch.get_rng_state(), cuda_state, np.random.get_state(), random.getstate())
+        self.saved = rng_states()
         return False
 
 
@@ -248,7 +241,6 @@ def stacked_fit(requests: list[Fit]) -> list:
     module = StackedClassifier([r.module.model for r in requests], first.dm.num_classes,
                                [r.module.optimizer_cfg for r in requests], first.module.scheduler_cfg,
                                first.epochs, callbacks=[list(r.callbacks) for r in requests],
-                               gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
                                loggers=[list(r.loggers) for r in requests],
                                log_every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 0),
                                distillation=[(r.module.temperature, r.module.soft_weight) for r in requests]

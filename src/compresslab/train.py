@@ -51,9 +51,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if share:
             sweep.cap_threads(share)
     from compresslab.job import resolved_config, run_job  # heavy imports after Hydra parsed the command line
+    from compresslab.training import is_rank_zero
 
     multirun = hc.mode == RunMode.MULTIRUN
     out_dir = Path(hc.runtime.output_dir)
+    if not is_rank_zero():  # a DDP process Lightning started: it trains; rank 0 readies the dir and reports
+        _quiet_console()
+        run_job(cfg, out_dir, list(hc.overrides.task))
+        return None
     where = f"{out_dir / 'result.json'}"
     with sweep.attempt_lock(out_dir):
         previous = _done_before(cfg, out_dir, resolved_config)
@@ -80,6 +85,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
     else:
         print(f"compresslab: job failed: {record['error']} (record: {where})", file=sys.stderr)
     return sweep.objective_value(record, cfg.get("objective"))  # what a search sweeper optimizes
+
+
+def _quiet_console() -> None:
+    """Warnings and errors only on the console (the process's own log file keeps everything)."""
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setLevel(logging.WARNING)
 
 
 def _done_before(cfg: DictConfig, out_dir: Path, resolved_config) -> dict | None:
@@ -125,6 +137,10 @@ class Summary(Callback):
 
     def _summarize(self, root: Path, sweep: bool) -> None:
         global _exit_code
+        from compresslab.training import is_rank_zero
+
+        if not is_rank_zero():
+            return
         found = scan([root]) if root.exists() else scan([])
         bad = len(found.failed) + len(found.missing) + len(found.unreadable) + len(found.newer)
         if sweep:

@@ -1,18 +1,20 @@
 """`CompressionCallback`: compress a model while Lightning trains it, and keep it compressed.
 
-It works with a Classifier (or subclass: a distillation student, ...) whose `.model` is the nn.Module
-to compress: the Classifier calls its per-optimizer-step hooks (`on_train_step_start`,
-`on_train_step_end`), as one training_step call may run several steps. Usage::
+It works with any LightningModule, through Lightning's public callback hooks only: it compresses
+the module's submodule `submodule` (a Classifier's `model`; None: the whole LightningModule).
+Usage::
 
     from compresslab.compression import CompressionCallback
-    cb = CompressionCallback(cfg.method)            # the flat method config (conf/method/*.yaml)
+    cb = CompressionCallback(cfg.method, submodule="model")   # the flat method config (conf/method/*.yaml)
     trainer = make_trainer(cfg, out_dir, epochs, callbacks=[cb])   # or training.fit(..., callbacks=[cb])
     trainer.fit(module, datamodule=dm)
     # module.model is now compressed at the configured targets; cb.history says when what happened.
 
 What it does:
 - The fit's epochs are split evenly among the transforms of `method.pipeline` (or of `transforms=`);
-  each transform starts at the first step of its share (prune then quantize = Deep Compression).
+  each transform starts at the first optimizer step of its share (prune then quantize = Deep
+  Compression). Steps are optimizer steps (`trainer.global_step`); an epoch has
+  ceil(num_training_batches / accumulate_grad_batches) of them.
 - clip: one shot. prune: `schedule=oneshot`, `iterative` (`rounds` prune steps evenly from the start
   of the share to `prune_end` of it, each round removing the same fraction of what is left), or
   `gradual` (Zhu & Gupta's cubic schedule, masks updated every `prune_every` steps from `prune_start`
@@ -22,17 +24,20 @@ What it does:
   the centroid follows the cluster's mean); with `qat=false` the share trains in float and the
   weights are quantized at its end.
 - Zeros stay zero: every pruned/clipped weight (and every weight already zero when a stage starts)
-  is re-zeroed after every optimizer step.
-- When the fit ends, every transform not reached yet is applied at its final target, and the
-  quantized weights are written back onto their grid, so the module is left compressed and plain
-  (no hooks, no extra parameters: its state_dict keys never change).
+  is re-zeroed after every optimizer step (`on_train_batch_end`).
+- When the fit ends (`on_fit_end`), every transform not reached yet is applied at its final target,
+  and the quantized weights are written back onto their grid, so the module is left compressed and
+  plain (no hooks, no extra parameters: its state_dict keys never change).
+- Its state (masks, quantization grids, schedule position, history) goes into Lightning
+  checkpoints (`state_dict` / `load_state_dict`): a fit resumed from one goes on where it stopped.
+  Between optimizer steps, and so in every checkpoint, the model holds its float (latent) weights.
 
 `apply_all(model)` applies the whole pipeline at once, without training (fine-tuning of 0 epochs).
-The callback keeps its state in memory: resuming a fit from a Lightning checkpoint is not supported.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -41,8 +46,8 @@ from pytorch_lightning.callbacks import Callback
 
 from compresslab.compression import functional as F
 from compresslab.compression.config import parse
-from compresslab.compression.transforms import (apply_masks_, clip_, nonzero_masks, prune_, quantization_of,
-                                                quantize_, requantize, targets)
+from compresslab.compression.transforms import (QuantSpec, apply_masks_, clip_, nonzero_masks, prune_,
+                                                quantization_of, quantize_, requantize, targets)
 from compresslab.compression.verify import achieved_sparsity
 from compresslab.errors import ConfigError
 
@@ -50,15 +55,20 @@ log = logging.getLogger(__name__)
 
 
 class CompressionCallback(Callback):
-    def __init__(self, method_cfg, transforms=None):
+    def __init__(self, method_cfg, transforms=None, submodule: str | None = None):
         self.config = parse(method_cfg)
         self.transforms = list(transforms or self.config.pipeline)
+        self.submodule = submodule
         self.masks: dict[str, torch.Tensor] = {}
         self.qat_specs: dict = {}       # quantization being fine-tuned (latent weights in float)
         self._latent: dict[str, torch.Tensor] = {}
         self.history: list[dict] = []   # {step, transform, target, sparsity}: what was applied when
         self._begun: set[int] = set()
         self._finished: set[int] = set()
+        self._scheduled_step = -1       # the last optimizer step whose schedule has been applied
+        self._rounds_at: list[int] = []
+        self._agp: tuple | None = None
+        self._restored: dict | None = None
         self.model = None
 
     # -- whole pipeline, no training ---------------------------------------------------------
@@ -70,32 +80,32 @@ class CompressionCallback(Callback):
         self._finish_all()
 
     # -- Lightning hooks -----------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage):
+        self.model = pl_module.get_submodule(self.submodule) if self.submodule else pl_module
+
+    def on_fit_start(self, trainer, pl_module):
+        if self._restored is not None:  # the checkpoint's state, now that the model is known
+            self._restore(self._restored)
+            self._restored = None
+
     def on_train_start(self, trainer, pl_module):
-        self.model = pl_module.model
-        steps = pl_module.train_steps_per_epoch()
-        spe = int(steps) if math.isfinite(steps) else 0
+        batches = trainer.num_training_batches
+        spe = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else 0
         n, epochs = len(self.transforms), max(1, trainer.max_epochs or 1)
         starts = [i * epochs // n * spe for i in range(n)] + [epochs * spe]
         self._bounds = list(zip(starts[:-1], starts[1:]))
 
-    def on_train_step_start(self, trainer, pl_module):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         step = trainer.global_step
-        active = max(i for i, (start, _) in enumerate(self._bounds) if start <= step)
-        for i in range(active + 1):
-            if i not in self._begun:
-                start, end = self._bounds[i]
-                if i < active:
-                    self._begin(i, step, 0)
-                    self._finish(i)
-                else:
-                    self._begin(i, step, end - start)
-        self._scheduled_prune(active, step)
+        if step != self._scheduled_step:  # once per optimizer step (several batches when accumulating)
+            self._scheduled_step = step
+            self._schedule(step)
         self._swap_in()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         self._swap_out()  # the gradient was taken at the quantized weights; it updates the latent ones
 
-    def on_train_step_end(self, trainer, pl_module):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._swap_out()
         apply_masks_(self.model, self.masks)
 
@@ -106,17 +116,51 @@ class CompressionCallback(Callback):
     def on_validation_end(self, trainer, pl_module):
         self._swap_out()
 
-    def on_train_end(self, trainer, pl_module):
+    def on_fit_end(self, trainer, pl_module):
+        # Also after a fit that resumed from the checkpoint of its last epoch and so trained no more.
         for i in range(len(self.transforms)):
             if i not in self._begun:
                 self._begin(i, trainer.global_step, 0)
         self._finish_all()
 
+    def state_dict(self) -> dict:
+        return {"masks": {n: m.detach().cpu() for n, m in self.masks.items()},
+                "qat_specs": {n: dataclasses.asdict(s) for n, s in self.qat_specs.items()},
+                "quantization": {n: dataclasses.asdict(s) for n, s in quantization_of(self.model).items()}
+                if self.model is not None else {},
+                "history": list(self.history), "begun": sorted(self._begun), "finished": sorted(self._finished),
+                "scheduled_step": self._scheduled_step, "rounds_at": list(self._rounds_at),
+                "agp": list(self._agp) if self._agp else None}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restored = state_dict
+
+    def _restore(self, state: dict) -> None:
+        device = next(self.model.parameters()).device
+        self.masks = {n: m.to(device) for n, m in state["masks"].items()}
+        self.qat_specs = {n: QuantSpec(**s) for n, s in state["qat_specs"].items()}
+        quantization_of(self.model).update({n: QuantSpec(**s) for n, s in state["quantization"].items()})
+        self.history = list(state["history"])
+        self._begun, self._finished = set(state["begun"]), set(state["finished"])
+        self._scheduled_step, self._rounds_at = state["scheduled_step"], list(state["rounds_at"])
+        self._agp = tuple(state["agp"]) if state["agp"] else None
+
+    def _schedule(self, step: int) -> None:
+        active = max(i for i, (start, _) in enumerate(self._bounds) if start <= step)
+        for i in range(active + 1):
+            if i not in self._begun:
+                start, end = self._bounds[i]
+                if i < active:
+                    self._begin(i, step, 0)
+                    self._finish(i)
+                else:
+                    self._begin(i, step, end - start)
+        self._scheduled_prune(active, step)
+
     # -- stages -------------------------------------------------------------------------------
     def _begin(self, i: int, step: int, stage_steps: int) -> None:
         c, name = self.config, self.transforms[i]
         self._begun.add(i)
-        self._stage_start, self._stage_steps = step, stage_steps
         sel = dict(include=c.include, exclude=c.exclude)
         # A stage keeps the zeros of earlier ones (and of the model it was given).
         self.masks = {**nonzero_masks(self.model, **sel), **self.masks}
@@ -145,10 +189,10 @@ class CompressionCallback(Callback):
         c = self.config
         if self.transforms[active] != "prune" or active in self._finished:
             return
-        if c.schedule == "iterative" and step in getattr(self, "_rounds_at", ()):
+        if c.schedule == "iterative" and step in self._rounds_at:
             r = self._rounds_at.index(step) + 1
             self._prune_to(F.iterative_sparsity(r, c.rounds, c.rate), step)
-        elif c.schedule == "gradual" and getattr(self, "_agp", None):
+        elif c.schedule == "gradual" and self._agp:
             t0, n, dt = self._agp
             if step >= t0 and (step - t0) % dt == 0 and step <= t0 + n * dt:
                 self._prune_to(F.agp_sparsity(step, c.initial_sparsity, c.rate, t0, n, dt), step)

@@ -8,6 +8,7 @@ tensors move to the device once, so batching costs no host-to-device copies eith
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,57 +34,56 @@ def random_shift(x: torch.Tensor, max_px: int, generator: torch.Generator | None
                   torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
 
 
-class StepBlock(list):
-    """Consecutive training batches for one `training_step` call, each to get its own optimizer
-    step (`trainer.steps_per_call` of them; fewer at the end of an epoch)."""
+def derived_seed(seed: int, index: int) -> int:
+    """A seed that depends on (seed, index) alone, e.g. of one epoch's shuffle and augmentation, so
+    a run resumed at any epoch boundary draws what the uninterrupted run drew."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])  # 32 bits: any RNG takes it
+
+
+def rank_share(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank `rank`'s share of `order`, as DistributedSampler splits it: padded with the order's first
+    indices to a multiple of `world_size`, so every rank gets the same number of samples (and of
+    batches: a rank that ran out early would wait forever in the gradient all-reduce)."""
+    if world_size == 1:
+        return order
+    pad = -len(order) % world_size
+    if pad:
+        order = torch.cat([order, order.repeat(math.ceil(pad / len(order)))[:pad]])
+    return order[rank::world_size]
 
 
 class TensorBatches:
-    """An iterable of (x, y) batches over in-memory tensors; a fresh seeded shuffle each pass.
+    """An iterable of (x, y) batches over in-memory tensors; a fresh shuffle each pass.
 
-    With `extra` (a tensor aligned with x, e.g. a teacher's precomputed logits) batches are
-    (x, y, extra); it describes the unaugmented inputs. With `steps_per_call` > 1 it yields
-    StepBlocks of that many batches instead: Lightning's per-batch work (hooks, progress, logging
-    checks, about 0.15 ms on CPU) is then paid once per block, not once per optimizer step."""
+    A pass of epoch e shuffles (and augments) with `derived_seed(seed, e)`; `epoch` gives the epoch a
+    pass belongs to (the trainer's current_epoch), or, when None, passes are counted from 0. With
+    `extra` (a tensor aligned with x, e.g. a teacher's precomputed logits) batches are
+    (x, y, extra); it describes the unaugmented inputs. Under DDP (`world_size` > 1) each rank
+    reads its share of every order (see `rank_share`)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
                  seed: int = 0, shift_px: int = 0, rank: int = 0, world_size: int = 1,
-                 extra: torch.Tensor | None = None, steps_per_call: int = 1):
+                 extra: torch.Tensor | None = None, epoch: Callable[[], int] | None = None):
         self.x, self.y, self.extra = x, y, extra
         self.batch_size, self.shuffle, self.shift_px = batch_size, shuffle, shift_px
         self.rank, self.world_size = rank, world_size
-        self.steps_per_call = steps_per_call
-        self.generator = torch.Generator().manual_seed(seed)
-
-    @property
-    def num_batches(self) -> int:
-        """Batches (optimizer steps, when training) in one pass."""
-        return math.ceil(math.ceil(len(self.y) / self.world_size) / self.batch_size)
+        self.seed, self.epoch = seed, epoch
+        self.passes = 0
 
     def __len__(self) -> int:
-        return math.ceil(self.num_batches / self.steps_per_call)
+        return math.ceil(math.ceil(len(self.y) / self.world_size) / self.batch_size)
 
     def __iter__(self):
-        if self.steps_per_call == 1:
-            yield from self._batches()
-            return
-        block = StepBlock()
-        for batch in self._batches():
-            block.append(batch)
-            if len(block) == self.steps_per_call:
-                yield block
-                block = StepBlock()
-        if block:
-            yield block
-
-    def _batches(self):
+        epoch = self.epoch() if self.epoch is not None else self.passes
+        self.passes += 1
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
         n = len(self.y)
         if self.shuffle or self.world_size > 1:
-            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-            order = order[self.rank::self.world_size].to(self.x.device)
+            order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+            order = rank_share(order, self.rank, self.world_size).to(self.x.device)
             for start in range(0, len(order), self.batch_size):
                 idx = order[start:start + self.batch_size]
-                yield self._augment(self.x[idx]), self.y[idx], *self._extra(idx)
+                yield self._augment(self.x[idx], generator), self.y[idx], *self._extra(idx)
         else:  # plain slices are views: evaluation batches cost no copy
             for start in range(0, n, self.batch_size):
                 part = slice(start, start + self.batch_size)
@@ -92,8 +92,8 @@ class TensorBatches:
     def _extra(self, idx) -> tuple:
         return () if self.extra is None else (self.extra[idx],)
 
-    def _augment(self, x):
-        return random_shift(x, self.shift_px, self.generator) if self.shift_px else x
+    def _augment(self, x, generator):
+        return random_shift(x, self.shift_px, generator) if self.shift_px else x
 
 
 def stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -145,8 +145,6 @@ class TensorDataModule(pl.LightningDataModule):
         self.cv = dict(cv or {})
         self.max_train, self.max_test = max_train, max_test
         self.shift_px, self.on_device, self.seed = shift_px, on_device, seed
-        # Batches per training_step call (training.fit sets it from trainer.steps_per_call).
-        self.steps_per_call = 1
         self.source_options = source_options
         self.arrays: Arrays | None = None
         # Optional per-sample tensor aligned with x_train, yielded as a third batch element
@@ -201,9 +199,10 @@ class TensorDataModule(pl.LightningDataModule):
         if x.device != device:  # once per loader; subsequent epochs reuse the device copies
             x, y = x.to(device), y.to(device)
         extra = self.train_extra.to(device) if train and self.train_extra is not None else None
+        epoch = (lambda: trainer.current_epoch) if trainer is not None else None
         return TensorBatches(x, y, batch_size, shuffle=train, seed=self.seed,
                              shift_px=self.shift_px if train else 0, rank=rank, world_size=world,
-                             extra=extra, steps_per_call=self.steps_per_call if train else 1)
+                             extra=extra, epoch=epoch)
 
     def train_dataloader(self):
         return self._batches(self.x_train, self.y_train, self.batch_size, train=True)

@@ -14,11 +14,18 @@ from compresslab.metrics import count_params, size_fp32_bytes
 from compresslab.models import build_model
 from compresslab.modules import Classifier
 from compresslab.steps import Evaluate, Fit, execute
+from compresslab.training import is_rank_zero
 
 log = logging.getLogger(__name__)
 
-# Data keys that change only how evaluation is batched or where tensors live, not the trained model.
-_DATA_KEYS_NOT_IN_SPEC = ("eval_batch_size", "on_device", "data_dir", "max_test")
+# The cache key of a trained model (`model_spec`) holds every setting that can change its trained
+# weights: all of `data`, the model, the recipe (`train`), `seed`, `deterministic` and all of
+# `trainer`, except the keys below, which change only how evaluation is batched, where tensors live,
+# or what is shown and logged. A key missing from these lists is in the key: a new setting can cost
+# a baseline reuse, never serve a model trained differently.
+DATA_KEYS_NOT_IN_SPEC = ("eval_batch_size", "on_device", "data_dir", "max_test")
+TRAINER_KEYS_NOT_IN_SPEC = ("log_every_n_steps", "enable_progress_bar", "progress_bar_refresh_rate",
+                            "num_sanity_val_steps", "limit_val_batches", "check_val_every_n_epoch")
 
 
 def check_recipe(train_cfg, key: str = "train") -> None:
@@ -32,11 +39,12 @@ def check(cfg) -> None:
 
 
 def model_spec(cfg, model_cfg, train_cfg) -> dict:
-    """What determines a trained model: data (as trained on), architecture, recipe, seed."""
-    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
-            if k not in _DATA_KEYS_NOT_IN_SPEC}
-    return {"data": data, "model": _plain(model_cfg), "train": _plain(train_cfg), "seed": cfg.seed,
-            "deterministic": bool(cfg.get("deterministic", False))}
+    """What determines a trained model (the rule above): data as trained on, architecture, recipe,
+    seed and the trainer settings that change the weights (precision, clipping, accumulation, ...)."""
+    data = {k: v for k, v in _plain(cfg.data).items() if k not in DATA_KEYS_NOT_IN_SPEC}
+    trainer = {k: v for k, v in _plain(cfg.trainer).items() if k not in TRAINER_KEYS_NOT_IN_SPEC}
+    return {"data": data, "model": _plain(model_cfg), "train": _plain(train_cfg), "trainer": trainer,
+            "seed": cfg.seed, "deterministic": bool(cfg.get("deterministic", False))}
 
 
 def train_classifier(cfg, dm, model_cfg, train_cfg, out_dir: Path, loggers=(), callbacks=()):
@@ -51,8 +59,9 @@ def train_classifier(cfg, dm, model_cfg, train_cfg, out_dir: Path, loggers=(), c
     metrics = {**scores, "val_acc": fitted["val_acc"], "train_time_s": fitted["train_time_s"]}
     total, nonzero = count_params(model)
     metrics.update(params_total=total, params_nonzero=nonzero, size_fp32_bytes=size_fp32_bytes(model))
-    save_model(Path(out_dir) / reuse.MODEL_FILE, model, _plain(model_cfg), dm.input_shape,
-               dm.num_classes, cfg.data.name, metrics)
+    if is_rank_zero():
+        save_model(Path(out_dir) / reuse.MODEL_FILE, model, _plain(model_cfg), dm.input_shape,
+                   dm.num_classes, cfg.data.name, metrics)
     return module, metrics
 
 
@@ -89,8 +98,9 @@ def steps(job):
     cfg = job.cfg
     _, metrics = yield from train_classifier(cfg, job.dm, cfg.model, cfg.train, job.out_dir, job.loggers)
     model_path = job.out_dir / reuse.MODEL_FILE
-    _publish(model_path, reuse.cached_model_path(Path(cfg.paths.cache_dir), "baseline",
-                                                 model_spec(cfg, cfg.model, cfg.train)))
+    if is_rank_zero():
+        _publish(model_path, reuse.cached_model_path(Path(cfg.paths.cache_dir), "baseline",
+                                                     model_spec(cfg, cfg.model, cfg.train)))
     return metrics, {"checkpoint": str(model_path),
                      "lightning_checkpoints": str(job.out_dir / "checkpoints")}
 

@@ -14,9 +14,12 @@ import copy
 import logging
 from pathlib import Path
 
+import pytorch_lightning as pl
+
 from compresslab import checks
 from compresslab.checkpoint import save_model
 from compresslab.compression import CompressionCallback, load_artifact, parse, save_artifact, verify
+from compresslab.data import derived_seed
 from compresslab.errors import CheckpointError, ConfigError
 from compresslab.loggers import wandb_run
 from compresslab.methods.baseline import _plain, check_recipe, obtain_trained
@@ -89,10 +92,14 @@ def steps(job):
     stages, fitted, train_time = [], {"val_acc": None}, 0.0
     for i, name in enumerate(c.pipeline):
         epochs = stage_epochs(c, name)
-        callback = CompressionCallback(cfg.method, transforms=[name])
+        callback = CompressionCallback(cfg.method, transforms=[name], submodule="model")
+        # Each stage's random draws (dropout, k-means) from (seed, stage) alone: not from whether the
+        # baseline was trained in this process, nor from an earlier stage a resumed job skips.
+        pl.seed_everything(derived_seed(cfg.seed, i), verbose=False)
         if epochs:
+            # Its own checkpoints/: an interrupted job resumes mid fine-tune, masks and grids included.
             fitted = yield Fit(cfg, module(model, epochs), dm, job.out_dir / f"finetune_{name}", epochs,
-                               job.loggers, callbacks=[callback], checkpoints=False)
+                               job.loggers, callbacks=[callback])
             train_time += fitted["train_time_s"]
         else:
             callback.apply_all(model)

@@ -131,10 +131,10 @@ def compression_of(cfg):
 
 
 def _compression_callbacks(cfg) -> list:
-    """A fresh CompressionCallback per fit (it keeps its masks in memory), or none."""
+    """A fresh CompressionCallback per fit (of the student: the module's `model`), or none."""
     if cfg.method.get("compress") is None:
         return []
-    return [CompressionCallback(cfg.method.compress)]
+    return [CompressionCallback(cfg.method.compress, submodule="model")]
 
 
 def steps(job):
@@ -167,9 +167,8 @@ def steps(job):
     try:
         with warnings.catch_warnings():  # the frozen teacher is in eval mode on purpose
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
-            # A compression callback cannot resume from a Lightning checkpoint: none are written then.
             fitted = yield Fit(cfg, module, dm, job.out_dir, cfg.train.epochs, job.loggers,
-                               callbacks=_compression_callbacks(cfg), checkpoints=compression is None)
+                               callbacks=_compression_callbacks(cfg))
     finally:
         dm.train_extra = None
 
@@ -183,10 +182,8 @@ def steps(job):
                    teacher_agreement=prediction_agreement(predict_logits(student, dm.x_test),
                                                           predict_logits(teacher, dm.x_test)),
                    **extra)
-    paths = {"teacher_checkpoint": teacher_ckpt}
-    if compression is None:
-        paths["lightning_checkpoints"] = str(job.out_dir / "checkpoints")
-    else:
+    paths = {"teacher_checkpoint": teacher_ckpt, "lightning_checkpoints": str(job.out_dir / "checkpoints")}
+    if compression is not None:
         metrics.update(compressed_student_metrics(student, compression, cfg, dm, job.out_dir / ARTIFACT_FILE))
         paths["artifact"] = str(job.out_dir / ARTIFACT_FILE)
     model_path = save_model(job.out_dir / reuse.MODEL_FILE, student, _plain(cfg.model), dm.input_shape,

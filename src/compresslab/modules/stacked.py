@@ -51,16 +51,13 @@ class StackedBatches:
             yield tuple(torch.stack(parts) for parts in zip(*batches))
 
 
-class ModelSlot:
-    """What a per-model callback (e.g. CompressionCallback) sees as its LightningModule: the
-    model of one slot of the stack."""
+class ModelSlot(nn.Module):
+    """What a per-model callback (e.g. CompressionCallback, which compresses its module's `model`)
+    sees as its LightningModule: the model of one slot of the stack."""
 
-    def __init__(self, model: nn.Module, stack: "StackedClassifier"):
+    def __init__(self, model: nn.Module):
+        super().__init__()
         self.model = model
-        self._stack = stack
-
-    def train_steps_per_epoch(self) -> int | float:
-        return self._stack.trainer.num_training_batches
 
 
 class StackedOptimizer(torch.optim.Optimizer):
@@ -126,11 +123,10 @@ class StackedClassifier(pl.LightningModule):
     """Trains `models` (one architecture) together. `optimizers`: each model's optimizer config
     (they may differ in lr and weight_decay only); `scheduler` and `epochs` are shared.
     `callbacks[k]`: model k's own per-model callbacks (the hooks of a Lightning callback, called
-    with model k's ModelSlot). `gradient_clip_val` clips each model's gradient norm on its own."""
+    with model k's ModelSlot). The Trainer's gradient_clip_val clips each model's norm on its own."""
 
     def __init__(self, models: list[nn.Module], num_classes: int, optimizers: list[dict], scheduler: dict,
-                 epochs: int, callbacks: list[list] | None = None, gradient_clip_val: float | None = None,
-                 loggers: list[list] | None = None, log_every_n_steps: int = 50,
+                 epochs: int, callbacks: list[list] | None = None, loggers: list[list] | None = None, log_every_n_steps: int = 50,
                  distillation: list[tuple[float, float]] | None = None):
         super().__init__()
         self.models = list(models)  # a plain list: their tensors are views into the stacked ones
@@ -139,7 +135,6 @@ class StackedClassifier(pl.LightningModule):
         self.scheduler_cfg = dict(scheduler or {"name": "none"})
         self.epochs = epochs
         self.per_model_callbacks = [list(c) for c in (callbacks or [[] for _ in models])]
-        self.clip_norm = gradient_clip_val
         # Each model's own loggers (its job's CSV and W&B run): the stack's Trainer has none, as one
         # Trainer's loggers cannot hold K runs.
         self.model_loggers = [list(lg) for lg in (loggers or [[] for _ in models])]
@@ -161,7 +156,7 @@ class StackedClassifier(pl.LightningModule):
         # Kept out of the module tree: it only lends its structure to functional_call, and
         # Lightning's device moves would fail on its meta tensors.
         object.__setattr__(self, "template", copy.deepcopy(self.models[0]).to("meta"))
-        self.slots = [ModelSlot(m, self) for m in self.models]
+        self.slots = [ModelSlot(m) for m in self.models]
         self.finite = torch.ones(len(self.models), dtype=torch.bool)
         self.failed: dict[int, str] = {}
         self.val_acc: list[float | None] = [None] * len(self.models)
@@ -227,23 +222,36 @@ class StackedClassifier(pl.LightningModule):
                 if fn is not None:
                     fn(self.trainer, self.slots[k], *args)
 
+    def setup(self, stage):
+        self._call("setup", stage)
+
     def on_fit_start(self):
         self.alias_models()  # after Lightning moved the stacked tensors to the training device
         self.finite = self.finite.to(self.device)
+        self._call("on_fit_start")
 
     def on_train_start(self):
         self._call("on_train_start")
 
     def on_train_batch_start(self, batch, batch_idx):
-        self._call("on_train_step_start")
+        self._call("on_train_batch_start", batch, batch_idx)
 
     def on_before_optimizer_step(self, optimizer):
         self._call("on_before_optimizer_step", optimizer)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        self._call("on_train_step_end")
+        self._call("on_train_batch_end", outputs, batch, batch_idx)
         if self.log_every_n_steps and self.global_step % self.log_every_n_steps == 0:
             self.log_per_model({"train/loss": self.last_losses.tolist(), "epoch": self.current_epoch})
+
+    def on_validation_start(self):
+        self._call("on_validation_start")
+
+    def on_validation_end(self):
+        self._call("on_validation_end")
+
+    def on_fit_end(self):
+        self._call("on_fit_end")
 
     def log_per_model(self, metrics: dict) -> None:
         """Metrics (lists: one value per model) to each model's own loggers, at this step."""
@@ -254,15 +262,6 @@ class StackedClassifier(pl.LightningModule):
             for logger in loggers:
                 logger.log_metrics(values, step=self.global_step)
 
-    def on_validation_start(self):
-        self._call("on_validation_start")
-
-    def on_validation_end(self):
-        self._call("on_validation_end")
-
-    def on_train_end(self):
-        self._call("on_train_end")
-
     # -- training ---------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         x, y, *teacher_logits = batch
@@ -272,12 +271,16 @@ class StackedClassifier(pl.LightningModule):
         return losses.sum()
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        if not self.clip_norm:
+        """trainer.gradient_clip_val per model: clipping by value is elementwise already; the norm is
+        each model's own."""
+        if not gradient_clip_val:
             return
+        if gradient_clip_algorithm == "value":
+            return self.clip_gradients(optimizer, gradient_clip_val, "value")
         grads = [p.grad for p in self.params().values() if p.grad is not None]
         norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
         # torch.nn.utils.clip_grad_norm_'s rule, one norm per model
-        coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)
+        coef = (gradient_clip_val / (norms + 1e-6)).clamp(max=1.0)
         for g in grads:
             g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
 
