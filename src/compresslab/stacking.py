@@ -16,7 +16,9 @@ from collections.abc import Iterable
 
 STACKABLE_KEYS = ("seed", "data.cv.fold", "method.rate", "method.threshold", "method.bits", "method.scale",
                   "method.soft_weight", "method.temperature", "train.optimizer.lr",
-                  "train.optimizer.weight_decay")
+                  "train.optimizer.weight_decay",
+                  # keys that follow the seed by default: random pruning's draws, a student's teacher
+                  "method.seed", "method.compress.seed", "method.teacher.seed")
 # Keys that say where a job's files go or how it is shown, not what it computes.
 NOT_COMPARED = ("paths", "logger", "force", "tags")
 
