@@ -8,7 +8,8 @@ Reads every result.json under the given dirs and writes into the output dir:
   held-out fold), accuracy change vs the baseline, compression ratio, artifact ratio and
   theoretical speedup (printed too);
 - `pareto_<x>.png`: mean test accuracy of each config against compression ratio, artifact bytes and
-  FLOPs, one series per method, the Pareto front (no other config is better on both axes) drawn.
+  multiply-accumulates (MACs), one series per method, the Pareto front (no other config is better
+  on both axes) drawn.
 Failed jobs, job dirs without a result (interrupted) and unreadable records are listed, not fatal;
 no record at all, a missing dir or a record of a newer schema is an error (exit status 2).
 """
@@ -87,7 +88,7 @@ def identity(record: dict) -> dict:
             if not is_repeat_key(k) and k.split(".")[0] not in IGNORED_KEYS}
 
 
-# Figures by what the methods write: compression (compression_ratio, artifact_*, flops_*,
+# Figures by what the methods write: compression (compression_ratio, artifact_*, macs_*,
 # baseline_test_acc, delta_test_acc), distillation (params_ratio, teacher_test_acc), any (params_*).
 def compression_ratio(m: dict) -> float | None:
     if m.get("compression_ratio") is not None:
@@ -126,7 +127,7 @@ TABLE_NOTE = ("Mean ± sample std over the seeds and CV folds of each config. Δ
 PLOTS = {  # file stem -> (x label, function of the metrics, higher is better)
     "compression_ratio": ("compression ratio (params / nonzero params)", compression_ratio, True),
     "artifact_bytes": ("artifact size (bytes)", artifact_bytes, False),
-    "flops": ("FLOPs per sample (nonzero weights)", lambda m: m.get("flops_nonzero"), False),
+    "macs": ("multiply-accumulates per sample (nonzero weights)", lambda m: m.get("macs_nonzero"), False),
 }
 
 

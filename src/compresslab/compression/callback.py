@@ -17,10 +17,16 @@ What it does:
   of the share to `prune_end` of it, each round removing the same fraction of what is left), or
   `gradual` (Zhu & Gupta's cubic schedule, masks updated every `prune_every` steps from `prune_start`
   until `prune_end` of the share). After `prune_end` the pruned model recovers at its final sparsity.
-- quantize: with `qat=true` the forward pass sees the quantized weights and the gradient updates the
-  float (latent) weights (straight-through estimator; for kmeans, each weight keeps its cluster and
-  the centroid follows the cluster's mean); with `qat=false` the share trains in float and the
-  weights are quantized at its end.
+- quantize: with `qat=true` the scales (or k-means clusters) are fixed from the float weights, the
+  forward pass sees the quantized weights and the gradient updates the float (latent) weights, which
+  start from the float weights themselves (straight-through estimator; for kmeans, each weight keeps
+  its cluster and the centroid follows the cluster's mean); with `qat=false` the share trains in
+  float and the weights are quantized at its end.
+- `method.layers` gives layers their own rate / quality / bits / quantizer (compression/layers.py):
+  each group of layers with one setting is pruned and quantized by itself, on the same schedule.
+- prune with `quality`: every round zeroes |w| <= quality x the layer's std, the std taken when the
+  pruning stage starts (Han et al. 2015: the same threshold each round; retraining moves more weights
+  below it). Neuron pruning leaves the output layer alone unless `include` names it.
 - Zeros stay zero: every pruned/clipped weight (and every weight already zero when a stage starts)
   is re-zeroed after every optimizer step.
 - When the fit ends, every transform not reached yet is applied at its final target, and the
@@ -35,15 +41,16 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 
 import torch
 from pytorch_lightning.callbacks import Callback
 
 from compresslab.compression import functional as F
 from compresslab.compression.config import parse
+from compresslab.compression.layers import PRUNE_KEYS, QUANT_KEYS, groups, prune_targets
 from compresslab.compression.transforms import (apply_masks_, clip_, nonzero_masks, prune_, quantization_of,
                                                 quantize_, requantize, targets)
-from compresslab.compression.verify import achieved_sparsity
 from compresslab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,6 +66,7 @@ class CompressionCallback(Callback):
         self.history: list[dict] = []   # {step, transform, target, sparsity}: what was applied when
         self._begun: set[int] = set()
         self._finished: set[int] = set()
+        self._pruned_final = False
         self.model = None
 
     # -- whole pipeline, no training ---------------------------------------------------------
@@ -124,8 +132,12 @@ class CompressionCallback(Callback):
             self.masks = clip_(self.model, c.threshold, c.relative, masks=self.masks, **sel)
             self._record(step, name, c.threshold)
         elif name == "prune":
+            self._prune_groups = groups(c, prune_targets(self.model, c), PRUNE_KEYS)
+            # Han et al. 2015's threshold: quality x the std of the layer as the stage finds it, the
+            # same in every round, so later rounds take what retraining moved below it.
+            self._std = {n: float(p.detach().std()) for n, p in prune_targets(self.model, c).items()}
             if c.schedule == "oneshot" or stage_steps == 0:
-                self._prune_to(c.rate, step)
+                self._prune_round(lambda rate: rate, step, final=True)
             elif c.schedule == "iterative":
                 last = int(c.prune_end * stage_steps)  # the last round, leaving the rest to recover
                 self._rounds_at = [step + r * last // max(1, c.rounds - 1) for r in range(c.rounds)]
@@ -137,9 +149,16 @@ class CompressionCallback(Callback):
                                       f"{c.prune_every}; lower prune_every or train longer")
                 self._agp = (step + c.prune_start, n, c.prune_every)
         elif name == "quantize" and (c.qat and stage_steps > 0):
+            params = targets(self.model, **sel)
+            floats = {n: p.detach().clone() for n, p in params.items()}
             self._quantize()
-            self.qat_specs = {n: s for n, s in quantization_of(self.model).items()
-                              if n in targets(self.model, **sel)}
+            self.qat_specs = {n: s for n, s in quantization_of(self.model).items() if n in params}
+            # The latent weights start from the float ones, not from their grid points: started on
+            # the grid, a weight must move half a grid step before its code changes, which at the
+            # fine-tuning lr few ever do (a 2-bit run ended with every code as post-training left it).
+            with torch.no_grad():
+                for n in self.qat_specs:
+                    params[n].copy_(floats[n])
 
     def _scheduled_prune(self, active: int, step: int) -> None:
         c = self.config
@@ -147,11 +166,12 @@ class CompressionCallback(Callback):
             return
         if c.schedule == "iterative" and step in getattr(self, "_rounds_at", ()):
             r = self._rounds_at.index(step) + 1
-            self._prune_to(F.iterative_sparsity(r, c.rounds, c.rate), step)
+            self._prune_round(lambda rate: F.iterative_sparsity(r, c.rounds, rate), step, final=r == c.rounds)
         elif c.schedule == "gradual" and getattr(self, "_agp", None):
             t0, n, dt = self._agp
             if step >= t0 and (step - t0) % dt == 0 and step <= t0 + n * dt:
-                self._prune_to(F.agp_sparsity(step, c.initial_sparsity, c.rate, t0, n, dt), step)
+                self._prune_round(lambda rate: F.agp_sparsity(step, c.initial_sparsity, rate, t0, n, dt),
+                                  step, final=step == t0 + n * dt)
 
     def _finish(self, i: int) -> None:
         if i in self._finished:
@@ -159,8 +179,8 @@ class CompressionCallback(Callback):
         c, name = self.config, self.transforms[i]
         self._finished.add(i)
         if name == "prune":
-            if min(achieved_sparsity(self.model, c).values(), default=1.0) < c.rate:
-                self._prune_to(c.rate, None)  # the schedule stopped short (a short fit): reach the target
+            if not self._pruned_final:  # the schedule stopped short (a short fit): reach the target
+                self._prune_round(lambda rate: rate, None, final=True)
         elif name == "quantize":
             if self.qat_specs:
                 self._bake()
@@ -174,18 +194,33 @@ class CompressionCallback(Callback):
         apply_masks_(self.model, self.masks)
 
     # -- transforms ---------------------------------------------------------------------------
-    def _prune_to(self, rate: float, step) -> None:
-        c = self.config
-        self.masks = prune_(self.model, rate, c.scope, c.structure, c.include, c.exclude, masks=self.masks)
-        self._record(step, "prune", rate)
+    def _prune_round(self, rate_at, step, final: bool) -> None:
+        """One pruning round over every group of layers: a rate group to `rate_at(its rate)`, a
+        quality group at its fixed threshold."""
+        applied = {}
+        for g, names in self._prune_groups:
+            if g.quality is not None:
+                for n in names:
+                    self.masks.update(clip_(self.model, g.quality * self._std[n], include=[re.escape(n)],
+                                            masks=self.masks))
+                applied[names[0]] = g.quality
+            else:
+                applied[names[0]] = rate_at(g.rate)
+                self.masks.update(prune_(self.model, applied[names[0]], g.scope, g.structure,
+                                         [re.escape(n) for n in names], masks=self.masks))
+        self._pruned_final = self._pruned_final or final
+        self._record(step, "prune", _one_or_all(applied))
 
     def _quantize(self) -> None:
         c = self.config
         self._swap_out()
         apply_masks_(self.model, self.masks)
-        quantize_(self.model, c.bits, c.scale, c.per_channel, c.quantizer, c.include, c.exclude,
-                  c.kmeans_iters)
-        self._record(None, "quantize", c.bits)
+        applied = {}
+        for g, names in groups(c, targets(self.model, c.include, c.exclude), QUANT_KEYS):
+            quantize_(self.model, g.bits, g.scale, g.per_channel, g.quantizer, [re.escape(n) for n in names],
+                      (), g.kmeans_iters)
+            applied[names[0]] = g.bits
+        self._record(None, "quantize", _one_or_all(applied))
 
     def _swap_in(self) -> None:
         """Put the grid values in place for the forward pass; keep the latent weights aside."""
@@ -222,3 +257,10 @@ class CompressionCallback(Callback):
                              "sparsity": zeros / max(1, total)})
         log.info("%s -> target %s, sparsity of the compressed weights %.4f (step %s)",
                  transform, target, zeros / max(1, total), step)
+
+
+def _one_or_all(applied: dict):
+    """A round's target for the history: one value when every group got the same, else {first
+    parameter of each group: its value}."""
+    values = set(applied.values())
+    return values.pop() if len(values) == 1 else applied
