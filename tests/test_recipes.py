@@ -3,6 +3,8 @@ threshold pruning, structured pruning that shrinks the model, and QAT that reall
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -187,3 +189,60 @@ def test_qat_at_the_default_finetuning_lr_moves_weights_off_their_post_training_
         (model.net[i].weight for i in (1, 3, 5)), (post.net[i].weight for i in (1, 3, 5))))
     assert changed > 0
     assert all(torch.unique(model.net[i].weight).numel() <= 3 for i in (1, 3, 5))
+
+
+# -- the configs and the real entry point -----------------------------------------------------
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiments_method_passes_its_checks_on_its_model(name):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import compresslab.train
+
+    with initialize_config_dir(config_dir=str(compresslab.train.CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={name}"])
+    if cfg.method.kind != "compress":
+        pytest.skip("not a compressed run")
+    c = parse(cfg.method)
+    shape = {"mnist": (1, 28, 28), "mnist1d": (40,)}[cfg.data.name]
+    check_layers(build_model(OmegaConf.to_container(cfg.model), shape, 10), c)
+
+
+def test_neuron_job_exports_a_smaller_model_that_loads_on_its_own(workdir):
+    from conftest import records, run_train
+
+    run_train("data=synthetic", "model=mlp", "method=prune", "method.rate=0.5", "method.structure=neuron",
+              "method.finetune_epochs=1", "logger.wandb.enabled=false", check=True)
+    (rec,) = records(workdir / "outputs")
+    m = rec["metrics"]
+    assert m["layers"][-1]["sparsity"] == 0  # the classes survive
+    shrunk = m["shrunk"]
+    assert shrunk["max_abs_diff"] <= 1e-5
+    assert shrunk["params"] < 0.6 * shrunk["params_dense"] and shrunk["macs"] < 0.6 * shrunk["macs_dense"]
+    assert all(shrunk[k] > 0 for k in ("latency_ms_batch1", "latency_ms_batch256", "speedup_batch256"))
+    small = load_artifact(rec["paths"]["small_artifact"])
+    hidden = [mod.out_features for mod in small.modules() if isinstance(mod, nn.Linear)]
+    full = [lay["params"] for lay in m["layers"]]
+    assert hidden[-1] == 10 and len(hidden) == len(full)
+    assert [lay["target"] for lay in m["layers"][:-1]] == [{"rate": 0.5}] * (len(full) - 1)
+
+
+def test_layer_settings_and_shapes_that_cannot_work_fail_before_training(workdir):
+    from conftest import records, run_train
+
+    proc = run_train("data=synthetic", "method=prune_quantize", "logger.wandb.enabled=false",
+                     "model=mlp,resnet20", "method.layers={conv1: {bits: 8}}", multirun=True)
+    assert proc.returncode != 0
+    recs = records(workdir / "outputs")
+    assert len(recs) == 2 and all(r["status"] == "failed" for r in recs)
+    assert all("method.layers['conv1'] matches no compressed parameter" in r["error"] for r in recs)
+    proc = run_train("data=synthetic", "model=resnet20", "method=prune", "method.structure=neuron",
+                     "logger.wandb.enabled=false")
+    (rec,) = [r for r in records(workdir / "outputs") if "structure" in " ".join(r["overrides"])]
+    assert rec["status"] == "failed" and "\n" not in rec["error"]
+    assert "method.shrink" in rec["error"] and "method.shrink=false" in rec["error"]
+    assert not (workdir / "outputs" / "cache" / "baseline").exists()  # no baseline was trained
