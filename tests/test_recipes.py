@@ -105,15 +105,16 @@ def test_quality_pruning_thresholds_each_layer_by_its_own_std():
     assert layer_targets(model, parse(method))["net.5.weight"] == {"quality": 0.5}
 
 
-def test_iterative_quality_pruning_keeps_one_threshold_and_prunes_what_retraining_moved_below_it():
+def test_iterative_quality_pruning_raises_the_threshold_to_quality_times_the_starting_std():
     model = mlp()
     w0 = model.net[1].weight.detach().clone()
     cb = CompressionCallback({"pipeline": ["prune"], "quality": 1.0, "schedule": "iterative", "rounds": 4,
                               "prune_end": 1.0})
     fit(model, cb, epochs=2)
-    assert [h["target"] for h in cb.history] == [1.0] * 4
+    assert [h["target"] for h in cb.history] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     oneshot = F.sparsity(w0 * (w0.abs() > w0.std()))
-    assert F.sparsity(model.net[1].weight) > oneshot  # later rounds took weights retraining moved
+    assert F.sparsity(model.net[1].weight) >= oneshot - 0.02  # about the one-shot share, or more
+    assert F.sparsity(model.net[1].weight) > 0.3
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -171,7 +171,7 @@ def _shrunk(model, c, input_shape, x):
 def shrunk_export(model, c, cfg, dm, path: Path) -> tuple[dict, Path]:
     """The smaller dense model of a neuron-pruned one, written as an artifact that loads on its own,
     and its figures beside the dense model's: parameters, MACs, CPU latency at batch 1 and 256."""
-    x = dm.x_test[:2048].float()
+    x = dm.x_test[:2048].float().cpu()
     small, sizes, diff = _shrunk(model, c, dm.input_shape, x)
     save_artifact(path, small, _plain(cfg.model), dm.input_shape, dm.num_classes, cfg.data.name, sizes)
     loaded = load_artifact(path)
