@@ -180,14 +180,31 @@ def _encode_quantized(name, t, spec, nz, part, paper, entry) -> None:
         entry["codebook"] = part(codebook.numpy().tobytes())
         book_bits = 32 * levels
         entry["quant"] = {"method": spec.method, "bits": spec.bits, "per_channel": False}
+    # The paper stores a layer's sparse structure row by row (CSR) or column by column (CSC); a
+    # matrix is scanned the way its coded streams are smaller (a dead input is a dead column).
     best = _best_indices(nz.numpy(), symbols, levels)
+    best["order"] = "rows"
+    if t.dim() == 2:
+        nz_cols, by_cols = _by_columns(nz.numpy(), t.shape)
+        cols = _best_indices(nz_cols, symbols[by_cols], levels)
+        if cols["huffman_bits"] < best["huffman_bits"]:
+            best = {**cols, "order": "cols", "fixed_bits": min(cols["fixed_bits"], best["fixed_bits"])}
     r, gaps, values = best["index_bits"], best["gaps"], best["values"]
-    coded = {"index_bits": r, "entries": int(gaps.size), "levels": levels,
+    coded = {"index_bits": r, "entries": int(gaps.size), "levels": levels, "order": best["order"],
              "values": _huffman_part(values, levels + 1, part)}
     if r:
         coded["index"] = _huffman_part(gaps, 2 ** r, part)
     entry["huffman"] = coded
     _count(paper, best["huffman_bits"] + book_bits, best["fixed_bits"] + book_bits)
+
+
+def _by_columns(nz: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+    """(mask in column order, for each nonzero in column order its index among the row-order ones)."""
+    rows, cols = shape
+    position = np.arange(rows * cols).reshape(rows, cols).T.ravel()  # row-order index of each column-order slot
+    rank = np.cumsum(nz) - 1
+    nz_cols = nz[position]
+    return nz_cols, rank[position[nz_cols]]
 
 
 def _best_indices(nz: np.ndarray, symbols: np.ndarray, levels: int, fixed_values: int | None = None) -> dict:
@@ -246,7 +263,14 @@ def _decode(e: dict, part) -> torch.Tensor:
         real = symbols != h["levels"]
         nz = np.zeros(n, dtype=bool)
         nz[positions[real]] = True
-        symbols = torch.from_numpy(symbols[real])
+        symbols = symbols[real]
+        if h.get("order") == "cols":
+            nz_cols = nz
+            nz = nz_cols.reshape(shape[1], shape[0]).T.ravel()
+            back = np.empty_like(symbols)
+            back[_by_columns(nz, shape)[1]] = symbols
+            symbols = back
+        symbols = torch.from_numpy(symbols)
         if "codebook" in e:
             codebook = torch.from_numpy(np.frombuffer(part(e["codebook"]), dtype=np_dtype).copy())
             values = codebook[symbols]
