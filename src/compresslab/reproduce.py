@@ -224,8 +224,8 @@ def _han2015(model: str, title_model: str, tables: str, base_err: float, pruned_
                   pct, "%", None, 1) for i, (layer, pct) in enumerate(kept_pct.items())),
         ),
         notes="Main rows: the paper's recipe, each layer pruned at quality × its std (the qualities in "
-              f"conf/experiment/han2015_{model}.yaml), the same threshold in every prune → retrain round. "
-              "The global rows rank all weights at once to one rate, which lets the small last layer "
+              f"conf/experiment/han2015_{model}.yaml), the threshold rising to it over the prune → "
+              "retrain rounds. The global rows rank all weights at once to one rate, which lets the small last layer "
               "keep far more than the paper's.",
     )
 
