@@ -13,8 +13,8 @@ from compresslab.checkpoint import load_model, save_model
 from compresslab.models import build_model
 
 MLP = {"arch": "mlp", "hidden": [300, 100], "dropout": 0.0, "input_dropout": 0.0}
-COMPRESSION_KEYS = ("sparsity", "params_nonzero", "compression_ratio", "bits_per_weight", "flops_dense",
-                    "flops_nonzero", "theoretical_speedup", "test_acc_before_finetune", "test_acc",
+COMPRESSION_KEYS = ("sparsity", "params_nonzero", "compression_ratio", "bits_per_weight", "macs_dense",
+                    "macs_nonzero", "theoretical_speedup", "test_acc_before_finetune", "test_acc",
                     "baseline_test_acc", "delta_test_acc", "latency_ms_batch1", "latency_ms_batch256",
                     "artifact_bytes", "artifact_ratio", "layers", "stages")
 

@@ -379,13 +379,13 @@ def test_metric_definitions_on_a_hand_built_model():
     assert (m["params_total"], m["params_nonzero"]) == (18 + 2 + 24, 9 + 2 + 6)
     assert m["compression_ratio"] == pytest.approx(44 / 17)
     assert m["sparsity"] == pytest.approx(1 - 17 / 44)
-    assert m["flops_dense"] == 4 * 18 + 24 and m["flops_nonzero"] == 4 * 9 + 6
+    assert m["macs_dense"] == 4 * 18 + 24 and m["macs_nonzero"] == 4 * 9 + 6
     assert m["theoretical_speedup"] == pytest.approx(96 / 42)
     assert m["bits_per_weight"] == 32
     conv, fc = m["layers"]
     assert conv == {"name": "conv", "params": 20, "params_nonzero": 11, "sparsity": 0.5,
-                    "compression_ratio": 20 / 11, "bits": 32, "flops_dense": 72, "flops_nonzero": 36}
-    assert fc["sparsity"] == 0.75 and fc["flops_nonzero"] == 6
+                    "compression_ratio": 20 / 11, "bits": 32, "macs_dense": 72, "macs_nonzero": 36}
+    assert fc["sparsity"] == 0.75 and fc["macs_nonzero"] == 6
 
 
 def test_bits_per_weight_counts_quantized_values_at_their_width():

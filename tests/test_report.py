@@ -38,12 +38,12 @@ def make_sweep(root: Path) -> Path:
         write(root, f"rate=0.5,seed={seed}", record(
             rate=0.5, seed=seed, test_acc=acc, baseline_test_acc=0.98, delta_test_acc=acc - 0.98,
             compression_ratio=2.0, artifact_ratio=1.5 + seed, theoretical_speedup=1.9,
-            artifact_bytes=3000 - 100 * seed, flops_nonzero=500))
+            artifact_bytes=3000 - 100 * seed, macs_nonzero=500))
     for seed, acc in zip(range(2), (0.80, 0.86)):
         write(root, f"rate=0.9,seed={seed}", record(
             rate=0.9, seed=seed, test_acc=acc, baseline_test_acc=0.98, delta_test_acc=acc - 0.98,
             compression_ratio=10.0, artifact_ratio=6.0, theoretical_speedup=9.5,
-            artifact_bytes=700, flops_nonzero=100))
+            artifact_bytes=700, macs_nonzero=100))
     write(root, "rate=1.5,seed=0", record(rate=1.5, status="failed"))
     (root / "rate=0.9,seed=2" / ".hydra").mkdir(parents=True)        # started, never finished
     (root / "rate=0.9,seed=2" / ".hydra" / "overrides.yaml").write_text("- seed=2\n")
@@ -110,7 +110,7 @@ def test_plots_are_written_and_not_blank(made):
     import matplotlib.image
 
     _, rep = made
-    for stem in ("compression_ratio", "artifact_bytes", "flops"):
+    for stem in ("compression_ratio", "artifact_bytes", "macs"):
         path = rep.files[f"pareto_{stem}.png"]
         assert path.stat().st_size > 5000
         pixels = matplotlib.image.imread(path)

@@ -12,7 +12,7 @@ import pytest
 
 from compresslab import reproduce, results
 from compresslab.reproduce import (PAPERS, AtLeast, AtMost, Below, ClosesGap, Reproduction, Row, Within,
-                                   build_table, collect, paper_format_bytes, targets_met)
+                                   build_table, collect, hidden_params_pct, targets_met)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,13 +101,14 @@ def test_hinton_table_counts_errors_out_of_10k():
     assert "MISSED (closes 58%)" not in table and "met (closes 58%)" in table
 
 
-def test_paper_format_bytes_by_hand():
-    # two quantized layers of 6-bit codes (100 + 20 nonzero params) and 10 fp32 biases elsewhere
-    rec = {"metrics": {"params_nonzero": 130, "bits_per_weight": (120 * 6 + 10 * 32) / 130,
-                       "layers": [{"params_nonzero": 100, "bits": 6}, {"params_nonzero": 20, "bits": 6},
-                                  {"params_nonzero": 10, "bits": 32}]}}
-    expected_bits = 120 * 6 + 10 * 32 + 5 * 120 + 2 * 64 * 32
-    assert paper_format_bytes(rec) == pytest.approx(expected_bits / 8)
+def test_hidden_params_of_the_shrunk_model_by_hand():
+    # 784-300-100-10 with half the hidden units removed: fc1 784x150, fc2 150x50, fc3 reads 50
+    layers = [{"name": "net.1", "params": 784 * 300 + 300}, {"name": "net.3", "params": 300 * 100 + 100},
+              {"name": "net.5", "params": 100 * 10 + 10}]
+    rec = {"metrics": {"layers": layers, "shrunk": {"sizes": {"net.1": [784, 150], "net.3": [150, 50],
+                                                             "net.5": [50, 10]}}}}
+    small = 784 * 150 + 150 + 150 * 50 + 50
+    assert hidden_params_pct(rec) == pytest.approx(100 * small / (784 * 300 + 300 + 300 * 100 + 100))
 
 
 def _sweep_values(override: str) -> tuple[str, list[str]]:

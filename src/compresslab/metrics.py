@@ -1,4 +1,4 @@
-"""Size and cost figures of a model: one definition each (GUIDE.md section 2)."""
+"""Size and cost figures of a model: one definition each (docs/metrics.md defines them)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def prediction_agreement(logits_a, logits_b) -> float:
     return float((logits_a.argmax(dim=-1) == logits_b.argmax(dim=-1)).float().mean())
 
 
-# -- compression figures (GUIDE.md section 2) ---------------------------------------------------
+# -- compression figures (docs/metrics.md) ---------------------------------------------------
 
 def _weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     from compresslab.compression.transforms import WEIGHT_LAYERS
@@ -72,11 +72,12 @@ def compression_metrics(model: nn.Module, input_shape) -> dict:
       `sparsity` = 1 - nonzero/total; `compression_ratio` = total / nonzero (ShrinkBench).
     - `bits_per_weight`: mean bit width of the stored nonzero values over all parameters
       (a quantized parameter's bits, 32 for the float ones); positions of zeros are not counted.
-    - `flops_dense` / `flops_nonzero`: multiply-accumulates of the Linear/Conv layers for one
-      sample, with all weights / with the nonzero weights only; `theoretical_speedup` = their ratio.
+    - `macs_dense` / `macs_nonzero`: multiply-accumulates (MACs; one MAC = one multiply and one add,
+      about 2 FLOPs) of the Linear/Conv layers for one sample, with all weights / with the nonzero
+      weights only; `theoretical_speedup` = their ratio.
       (Pooling, activations and recurrent layers are not counted.)
     - `layers`: per Linear/Conv layer {name, params, params_nonzero, sparsity, compression_ratio,
-      bits, flops_dense, flops_nonzero} (params = weight + bias; sparsity of the weight).
+      bits, macs_dense, macs_nonzero} (params = weight + bias; sparsity of the weight).
 
     Usage: `metrics.compression_metrics(module.model, dm.input_shape)` after compressing.
     """
@@ -94,14 +95,14 @@ def compression_metrics(model: nn.Module, input_shape) -> dict:
                        "sparsity": 1 - w_nonzero / w.numel(),
                        "compression_ratio": l_total / max(1, l_nonzero),
                        "bits": bits.get(prefix + "weight", 32),
-                       "flops_dense": positions.get(name, 0) * w.numel(),
-                       "flops_nonzero": positions.get(name, 0) * w_nonzero})
-    flops_dense = sum(lay["flops_dense"] for lay in layers)
-    flops_nonzero = sum(lay["flops_nonzero"] for lay in layers)
+                       "macs_dense": positions.get(name, 0) * w.numel(),
+                       "macs_nonzero": positions.get(name, 0) * w_nonzero})
+    macs_dense = sum(lay["macs_dense"] for lay in layers)
+    macs_nonzero = sum(lay["macs_nonzero"] for lay in layers)
     return {"params_total": total, "params_nonzero": nonzero, "sparsity": 1 - nonzero / max(1, total),
             "compression_ratio": total / max(1, nonzero), "bits_per_weight": stored_bits / max(1, nonzero),
-            "flops_dense": flops_dense, "flops_nonzero": flops_nonzero,
-            "theoretical_speedup": flops_dense / max(1, flops_nonzero), "layers": layers}
+            "macs_dense": macs_dense, "macs_nonzero": macs_nonzero,
+            "theoretical_speedup": macs_dense / max(1, macs_nonzero), "layers": layers}
 
 
 def latency_ms(model: nn.Module, input_shape, batch: int, repeats: int = 20, warmup: int = 3) -> float:

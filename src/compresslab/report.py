@@ -12,7 +12,7 @@ Reads every result.json under the given dirs and writes into the output dir:
   seeds), P(A > reference) and a mark where the interval excludes 0 after Holm's correction over the
   table (docs/studies.md);
 - `pareto_<x>.png`: mean test accuracy (95% interval) of each config against compression ratio,
-  artifact bytes and FLOPs, one series per method, the Pareto front (no other config is better on
+  artifact bytes and multiply-accumulates (MACs), one series per method, the Pareto front (no other config is better on
   both axes) drawn;
 - `accuracy_vs_compression_ratio.png`: one curve per series (method and every swept key but the
   operating point: magnitude and random pruning side by side) with its 95% band, the dense control as
@@ -104,7 +104,7 @@ def identity(record: dict) -> dict:
             if not is_repeat_key(k) and k.split(".")[0] not in IGNORED_KEYS}
 
 
-# Figures by what the methods write: compression (compression_ratio, artifact_*, flops_*,
+# Figures by what the methods write: compression (compression_ratio, artifact_*, macs_*,
 # baseline_test_acc, delta_test_acc), distillation (params_ratio, teacher_test_acc), any (params_*).
 def compression_ratio(m: dict) -> float | None:
     if m.get("compression_ratio") is not None:
@@ -143,7 +143,7 @@ TABLE_NOTE = ("Mean ± sample std over the seeds and CV folds of each config. Δ
 PLOTS = {  # file stem -> (x label, function of the metrics, higher is better)
     "compression_ratio": ("compression ratio (params / nonzero params)", compression_ratio, True),
     "artifact_bytes": ("artifact size (bytes)", artifact_bytes, False),
-    "flops": ("FLOPs per sample (nonzero weights)", lambda m: m.get("flops_nonzero"), False),
+    "macs": ("multiply-accumulates per sample (nonzero weights)", lambda m: m.get("macs_nonzero"), False),
 }
 
 

@@ -19,10 +19,16 @@ What it does:
   of the share to `prune_end` of it, each round removing the same fraction of what is left), or
   `gradual` (Zhu & Gupta's cubic schedule, masks updated every `prune_every` steps from `prune_start`
   until `prune_end` of the share). After `prune_end` the pruned model recovers at its final sparsity.
-- quantize: with `qat=true` the forward pass sees the quantized weights and the gradient updates the
-  float (latent) weights (straight-through estimator; for kmeans, each weight keeps its cluster and
-  the centroid follows the cluster's mean); with `qat=false` the share trains in float and the
-  weights are quantized at its end.
+- quantize: with `qat=true` the scales (or k-means clusters) are fixed from the float weights, the
+  forward pass sees the quantized weights and the gradient updates the float (latent) weights, which
+  start from the float weights themselves (straight-through estimator; for kmeans, each weight keeps
+  its cluster and the centroid follows the cluster's mean); with `qat=false` the share trains in
+  float and the weights are quantized at its end.
+- `method.layers` gives layers their own rate / quality / bits / quantizer (compression/layers.py):
+  each group of layers with one setting is pruned and quantized by itself, on the same schedule.
+- prune with `quality`: a round zeroes |w| <= q x the layer's std, the std taken when the pruning
+  stage starts (Han et al. 2015); iterative round r of R uses q = quality x r / R, so the threshold
+  rises to quality x std by the last round and each round also takes what retraining moved below it. Neuron pruning leaves the output layer alone unless `include` names it.
 - Zeros stay zero: every pruned/clipped weight (and every weight already zero when a stage starts)
   is re-zeroed after every optimizer step (`on_train_batch_end`).
 - When the fit ends (`on_fit_end`), every transform not reached yet is applied at its final target,
@@ -40,15 +46,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 
 import torch
 from pytorch_lightning.callbacks import Callback
 
 from compresslab.compression import functional as F
 from compresslab.compression.config import parse
+from compresslab.compression.layers import PRUNE_KEYS, QUANT_KEYS, groups, prune_targets
 from compresslab.compression.transforms import (QuantSpec, apply_masks_, clip_, nonzero_masks, prune_,
                                                 quantization_of, quantize_, requantize, targets)
-from compresslab.compression.verify import achieved_sparsity
 from compresslab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -69,6 +76,8 @@ class CompressionCallback(Callback):
         self._rounds_at: list[int] = []
         self._agp: tuple | None = None
         self._restored: dict | None = None
+        self._pruned_final = False      # the prune stage reached its final target
+        self._std: dict[str, float] = {}  # each pruned layer's std when its stage began (quality thresholds)
         self.model = None
 
     # -- whole pipeline, no training ---------------------------------------------------------
@@ -130,7 +139,8 @@ class CompressionCallback(Callback):
                 if self.model is not None else {},
                 "history": list(self.history), "begun": sorted(self._begun), "finished": sorted(self._finished),
                 "scheduled_step": self._scheduled_step, "rounds_at": list(self._rounds_at),
-                "agp": list(self._agp) if self._agp else None}
+                "agp": list(self._agp) if self._agp else None, "pruned_final": self._pruned_final,
+                "std": dict(self._std)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._restored = state_dict
@@ -144,6 +154,9 @@ class CompressionCallback(Callback):
         self._begun, self._finished = set(state["begun"]), set(state["finished"])
         self._scheduled_step, self._rounds_at = state["scheduled_step"], list(state["rounds_at"])
         self._agp = tuple(state["agp"]) if state["agp"] else None
+        self._pruned_final, self._std = bool(state["pruned_final"]), dict(state["std"])
+        if "prune" in self.transforms:  # the groups follow from the config and the model's names
+            self._prune_groups = groups(self.config, prune_targets(self.model, self.config), PRUNE_KEYS)
 
     def _schedule(self, step: int) -> None:
         active = max(i for i, (start, _) in enumerate(self._bounds) if start <= step)
@@ -168,8 +181,13 @@ class CompressionCallback(Callback):
             self.masks = clip_(self.model, c.threshold, c.relative, masks=self.masks, **sel)
             self._record(step, name, c.threshold)
         elif name == "prune":
+            self._prune_groups = groups(c, prune_targets(self.model, c), PRUNE_KEYS)
+            # Han et al. 2015's threshold: quality x the std of the layer as the stage finds it; the
+            # iterative rounds raise it to the full quality as the rate schedule raises the rate
+            # (one jump to the full threshold cost LeNet-300-100 0.6 pt of test error).
+            self._std = {n: float(p.detach().std()) for n, p in prune_targets(self.model, c).items()}
             if c.schedule == "oneshot" or stage_steps == 0:
-                self._prune_to(c.rate, step)
+                self._prune_round(lambda rate: rate, step, final=True)
             elif c.schedule == "iterative":
                 last = int(c.prune_end * stage_steps)  # the last round, leaving the rest to recover
                 self._rounds_at = [step + r * last // max(1, c.rounds - 1) for r in range(c.rounds)]
@@ -181,9 +199,16 @@ class CompressionCallback(Callback):
                                       f"{c.prune_every}; lower prune_every or train longer")
                 self._agp = (step + c.prune_start, n, c.prune_every)
         elif name == "quantize" and (c.qat and stage_steps > 0):
+            params = targets(self.model, **sel)
+            floats = {n: p.detach().clone() for n, p in params.items()}
             self._quantize()
-            self.qat_specs = {n: s for n, s in quantization_of(self.model).items()
-                              if n in targets(self.model, **sel)}
+            self.qat_specs = {n: s for n, s in quantization_of(self.model).items() if n in params}
+            # The latent weights start from the float ones, not from their grid points: started on
+            # the grid, a weight must move half a grid step before its code changes, which at the
+            # fine-tuning lr few ever do (a 2-bit run ended with every code as post-training left it).
+            with torch.no_grad():
+                for n in self.qat_specs:
+                    params[n].copy_(floats[n])
 
     def _scheduled_prune(self, active: int, step: int) -> None:
         c = self.config
@@ -191,11 +216,13 @@ class CompressionCallback(Callback):
             return
         if c.schedule == "iterative" and step in self._rounds_at:
             r = self._rounds_at.index(step) + 1
-            self._prune_to(F.iterative_sparsity(r, c.rounds, c.rate), step)
+            self._prune_round(lambda rate: F.iterative_sparsity(r, c.rounds, rate), step, final=r == c.rounds,
+                              quality_at=lambda q: q * r / c.rounds)
         elif c.schedule == "gradual" and self._agp:
             t0, n, dt = self._agp
             if step >= t0 and (step - t0) % dt == 0 and step <= t0 + n * dt:
-                self._prune_to(F.agp_sparsity(step, c.initial_sparsity, c.rate, t0, n, dt), step)
+                self._prune_round(lambda rate: F.agp_sparsity(step, c.initial_sparsity, rate, t0, n, dt),
+                                  step, final=step == t0 + n * dt)
 
     def _finish(self, i: int) -> None:
         if i in self._finished:
@@ -203,8 +230,8 @@ class CompressionCallback(Callback):
         c, name = self.config, self.transforms[i]
         self._finished.add(i)
         if name == "prune":
-            if min(achieved_sparsity(self.model, c).values(), default=1.0) < c.rate:
-                self._prune_to(c.rate, None)  # the schedule stopped short (a short fit): reach the target
+            if not self._pruned_final:  # the schedule stopped short (a short fit): reach the target
+                self._prune_round(lambda rate: rate, None, final=True)
         elif name == "quantize":
             if self.qat_specs:
                 self._bake()
@@ -218,19 +245,34 @@ class CompressionCallback(Callback):
         apply_masks_(self.model, self.masks)
 
     # -- transforms ---------------------------------------------------------------------------
-    def _prune_to(self, rate: float, step) -> None:
-        c = self.config
-        self.masks = prune_(self.model, rate, c.scope, c.structure, c.include, c.exclude, masks=self.masks,
-                            criterion=c.criterion, seed=c.seed)
-        self._record(step, "prune", rate)
+    def _prune_round(self, rate_at, step, final: bool, quality_at=lambda q: q) -> None:
+        """One pruning round over every group of layers: a rate group to `rate_at(its rate)`, a
+        quality group at threshold `quality_at(its quality)` x the layer's std."""
+        applied = {}
+        for g, names in self._prune_groups:
+            if g.quality is not None:
+                applied[names[0]] = quality_at(g.quality)
+                for n in names:
+                    self.masks.update(clip_(self.model, applied[names[0]] * self._std[n], include=[re.escape(n)],
+                                            masks=self.masks))
+            else:
+                applied[names[0]] = rate_at(g.rate)
+                self.masks.update(prune_(self.model, applied[names[0]], g.scope, g.structure,
+                                         [re.escape(n) for n in names], masks=self.masks,
+                                         criterion=g.criterion, seed=g.seed))
+        self._pruned_final = self._pruned_final or final
+        self._record(step, "prune", _one_or_all(applied))
 
     def _quantize(self) -> None:
         c = self.config
         self._swap_out()
         apply_masks_(self.model, self.masks)
-        quantize_(self.model, c.bits, c.scale, c.per_channel, c.quantizer, c.include, c.exclude,
-                  c.kmeans_iters)
-        self._record(None, "quantize", c.bits)
+        applied = {}
+        for g, names in groups(c, targets(self.model, c.include, c.exclude), QUANT_KEYS):
+            quantize_(self.model, g.bits, g.scale, g.per_channel, g.quantizer, [re.escape(n) for n in names],
+                      (), g.kmeans_iters)
+            applied[names[0]] = g.bits
+        self._record(None, "quantize", _one_or_all(applied))
 
     def _swap_in(self) -> None:
         """Put the grid values in place for the forward pass; keep the latent weights aside."""
@@ -267,3 +309,10 @@ class CompressionCallback(Callback):
                              "sparsity": zeros / max(1, total)})
         log.info("%s -> target %s, sparsity of the compressed weights %.4f (step %s)",
                  transform, target, zeros / max(1, total), step)
+
+
+def _one_or_all(applied: dict):
+    """A round's target for the history: one value when every group got the same, else {first
+    parameter of each group: its value}."""
+    values = set(applied.values())
+    return values.pop() if len(values) == 1 else applied

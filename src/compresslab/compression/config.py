@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from omegaconf import OmegaConf
 
 from compresslab import checks
+from compresslab.compression.layers import override, parse_layers
 from compresslab.errors import ConfigError
 
 TRANSFORMS = ("clip", "prune", "quantize")
@@ -28,6 +29,7 @@ class CompressionConfig:
     relative: bool = False
     # prune
     rate: float | None = None
+    quality: float | None = None   # Han et al. 2015: zero |w| <= quality x the layer's std, instead of a rate
     criterion: str = "magnitude"
     scope: str = "layer"
     structure: str = "unstructured"
@@ -37,6 +39,7 @@ class CompressionConfig:
     prune_every: int = 50
     prune_start: int = 0
     prune_end: float = 0.75
+    shrink: bool = True            # neuron pruning: also export the smaller dense model (shrink.py)
     # quantize
     bits: int | None = None
     scale: float | None = None
@@ -48,6 +51,8 @@ class CompressionConfig:
     finetune_epochs: int = 0
     quantize_epochs: int | None = None
     tolerance: float = 0.01
+    # per-layer settings: ((pattern, ((key, value), ...)), ...), see compression/layers.py
+    layers: tuple = ()
 
 
 def parse(method_cfg) -> CompressionConfig:
@@ -65,8 +70,14 @@ def parse(method_cfg) -> CompressionConfig:
             raise ConfigError(f"method.single_layer={values['single_layer']} and method.include are both set; "
                               "set one (single_layer compresses that layer's weight alone)")
         values["include"] = (re.escape(str(values["single_layer"])) + r"\.weight",)
+    values["layers"] = parse_layers(values.get("layers"))
     c = CompressionConfig(**values)
     check(c)
+    for pattern, setting in c.layers:
+        try:
+            check(override(c, setting))
+        except ConfigError as e:
+            raise ConfigError(f"method.layers[{pattern!r}]: {e}") from e
     return c
 
 
@@ -89,10 +100,21 @@ def check(c: CompressionConfig) -> None:
             raise ConfigError("method.threshold is unset; clipping needs it (e.g. method.threshold=0.05)")
         checks.number(c.threshold, "method.threshold", lo=0)
     if "prune" in c.pipeline:
-        if c.rate is None:
-            raise ConfigError("method.rate is unset; pruning needs the fraction to zero (e.g. method.rate=0.9)")
-        checks.number(c.rate, "method.rate", lo=0, hi=1, hi_open=True)
         checks.choice(c.criterion, "method.criterion", CRITERIA)
+        if (c.rate is None) == (c.quality is None):
+            raise ConfigError("pruning needs exactly one of method.rate (the fraction to zero, e.g. 0.9) and "
+                              f"method.quality (zero |w| <= quality x the layer's std); got rate={c.rate}, "
+                              f"quality={c.quality}: set the other to null")
+        if c.rate is not None:
+            checks.number(c.rate, "method.rate", lo=0, hi=1, hi_open=True)
+        else:
+            checks.number(c.quality, "method.quality", lo=0)
+            if c.scope == "global" or c.schedule == "gradual" or c.structure == "neuron":
+                raise ConfigError("method.quality thresholds each layer's weights by its own std: it takes "
+                                  "method.scope=layer, structure=unstructured and schedule oneshot or iterative")
+        if c.scope == "global" and any(dict(s).keys() & {"rate", "quality"} for _, s in c.layers):
+            raise ConfigError("method.scope=global ranks all weights to one method.rate; per-layer rates or "
+                              "qualities in method.layers need method.scope=layer")
         checks.choice(c.scope, "method.scope", ("layer", "global"))
         checks.choice(c.structure, "method.structure", ("unstructured", "neuron"))
         checks.choice(c.schedule, "method.schedule", SCHEDULES)
@@ -104,7 +126,8 @@ def check(c: CompressionConfig) -> None:
             raise ConfigError(f"method.schedule=iterative with method.rounds={c.rounds} needs "
                               f"method.finetune_epochs >= {c.rounds} (one retraining epoch per round at "
                               f"least); raise finetune_epochs or lower rounds")
-        checks.number(c.initial_sparsity, "method.initial_sparsity", lo=0, hi=c.rate)
+        checks.number(c.initial_sparsity, "method.initial_sparsity", lo=0,
+                      hi=c.rate if c.rate is not None else 0)
         checks.number(c.prune_every, "method.prune_every", lo=1, integer=True)
         checks.number(c.prune_start, "method.prune_start", lo=0, integer=True)
         checks.number(c.prune_end, "method.prune_end", lo=0, hi=1, lo_open=True)

@@ -12,18 +12,25 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
+import statistics
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 from compresslab import checks
 from compresslab.checkpoint import save_model
-from compresslab.compression import CompressionCallback, load_artifact, parse, save_artifact, verify
+from compresslab.compression import CompressionCallback, load_artifact, parse, prune_, save_artifact, verify
+from compresslab.compression.export import artifact_sizes
+from compresslab.compression.layers import check_layers, layer_targets, prune_targets
+from compresslab.compression.shrink import ShrinkError, shrink
 from compresslab.data import derived_seed
 from compresslab.errors import CheckpointError, ConfigError
 from compresslab.loggers import wandb_run
 from compresslab.methods.baseline import _plain, check_recipe, obtain_trained
-from compresslab.metrics import compression_metrics, latency_ms, size_fp32_bytes, state_dict_bytes
+from compresslab.metrics import compression_metrics, count_params, latency_ms, size_fp32_bytes, state_dict_bytes
+from compresslab.models import build_model
 from compresslab.modules import Classifier
 from compresslab.sensitivity import compressible_layers
 from compresslab.steps import Evaluate, Fit
@@ -31,6 +38,7 @@ from compresslab.steps import Evaluate, Fit
 log = logging.getLogger(__name__)
 
 ARTIFACT_FILE = "model.clz"
+SMALL_FILE = "model_small.clz"  # neuron pruning: the dense model with the pruned units removed
 
 
 def check(cfg) -> None:
@@ -68,10 +76,25 @@ def finetune_recipe(cfg) -> dict:
     return opt
 
 
+def check_model(cfg, dm, c) -> None:
+    """The checks that need the model, before any training: the layer patterns, and that a
+    structured export can follow this model (a dry run on a freshly built one)."""
+    fresh = build_model(_plain(cfg.model), dm.input_shape, dm.num_classes)
+    check_layers(fresh, c)
+    if "prune" in c.pipeline and c.structure == "neuron" and c.shrink:
+        prune_(fresh, c.rate, structure="neuron", include=[re.escape(n) for n in prune_targets(fresh, c)])
+        try:
+            _shrunk(fresh, c, dm.input_shape, torch.randn(8, *dm.input_shape))
+        except ShrinkError as e:
+            raise ConfigError(f"method.shrink: {e}; set method.shrink=false to keep the pruned model "
+                              "masked, full-sized") from e
+
+
 def steps(job):
     """A compressed job's steps (compresslab.steps): returns (metrics, paths)."""
     cfg, dm = job.cfg, job.dm
     c = parse(cfg.method)
+    check_model(cfg, dm, c)
     model, _, ckpt = obtain_trained(cfg, dm, cfg.model, cfg.train, "baseline", cfg.method.get("baseline_ckpt"))
     if c.single_layer is not None and c.single_layer not in compressible_layers(model, c.exclude):
         raise ConfigError(f"method.single_layer={c.single_layer} is not a compressible layer of "
@@ -115,24 +138,73 @@ def steps(job):
 
     final = yield Evaluate(cfg, module(model), dm)
     figures = compression_metrics(model, dm.input_shape)
+    asked = layer_targets(model, c)
+    for lay in figures["layers"]:
+        lay["target"] = asked.get(f"{lay['name']}.weight" if lay["name"] else "weight", {})
     artifact = job.out_dir / ARTIFACT_FILE
-    artifact_bytes = save_artifact(artifact, model, _plain(cfg.model), dm.input_shape, dm.num_classes,
-                                   cfg.data.name)
+    save_artifact(artifact, model, _plain(cfg.model), dm.input_shape, dm.num_classes, cfg.data.name)
     _check_round_trip(artifact, model)
+    sizes = artifact_sizes(artifact)
     dense_bytes = state_dict_bytes(model)
+    paths = {"artifact": str(artifact)}
+    shrunk = {}
+    if "prune" in c.pipeline and c.structure == "neuron" and c.shrink:
+        shrunk, small_path = shrunk_export(model, c, cfg, dm, job.out_dir / SMALL_FILE)
+        paths["small_artifact"] = str(small_path)
     metrics = {**final, "val_acc": fitted["val_acc"], "train_time_s": train_time,
                "size_fp32_bytes": size_fp32_bytes(model), **figures,
                "test_acc_before_finetune": before, "baseline_test_acc": baseline_acc,
                "delta_test_acc": final["test_acc"] - baseline_acc,
                "latency_ms_batch1": latency_ms(model, dm.input_shape, 1, repeats=50),
                "latency_ms_batch256": latency_ms(model, dm.input_shape, 256, repeats=10),
-               "artifact_bytes": artifact_bytes, "state_dict_bytes": dense_bytes,
-               "artifact_ratio": dense_bytes / artifact_bytes, "stages": stages}
+               **sizes, "state_dict_bytes": dense_bytes, "artifact_ratio": dense_bytes / sizes["artifact_bytes"],
+               "paper_ratio": size_fp32_bytes(model) / sizes["paper_bytes"],
+               "paper_ratio_before_huffman": size_fp32_bytes(model) / sizes["paper_bytes_before_huffman"],
+               **({"shrunk": shrunk} if shrunk else {}), "stages": stages}
     model_path = job.out_dir / "model.pt"
     save_model(model_path, model, _plain(cfg.model), dm.input_shape, dm.num_classes, cfg.data.name,
                {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     _summarize_layers(job.loggers, figures["layers"])
-    return metrics, {"checkpoint": str(model_path), "artifact": str(artifact), "baseline": ckpt}
+    return metrics, {"checkpoint": str(model_path), **paths, "baseline": ckpt}
+
+
+def _shrunk(model, c, input_shape, x):
+    """(small model, its layer sizes, max |small(x) - model(x)|) of a neuron-pruned model."""
+    layers = [n.removesuffix(".weight") for n in prune_targets(model, c)]
+    small, sizes = shrink(model, input_shape, layers)
+    with torch.no_grad():
+        diff = float((small.eval()(x) - copy.deepcopy(model).eval()(x)).abs().max())
+    if diff > 1e-4:
+        raise ShrinkError(f"the shrunk model's outputs differ from the pruned model's by {diff:.3g}")
+    return small, sizes, diff
+
+
+def shrunk_export(model, c, cfg, dm, path: Path) -> tuple[dict, Path]:
+    """The smaller dense model of a neuron-pruned one, written as an artifact that loads on its own,
+    and its figures beside the dense model's: parameters, MACs, CPU latency at batch 1 and 256."""
+    x = dm.x_test[:2048].float().cpu()
+    small, sizes, diff = _shrunk(model, c, dm.input_shape, x)
+    save_artifact(path, small, _plain(cfg.model), dm.input_shape, dm.num_classes, cfg.data.name, sizes)
+    loaded = load_artifact(path)
+    with torch.no_grad():
+        if not torch.equal(loaded(x), small(x)):
+            raise RuntimeError(f"artifact {path} does not reproduce the shrunk model exactly")
+    figures = {"max_abs_diff": diff, "sizes": sizes, "artifact_bytes": path.stat().st_size,
+               "params": count_params(small)[0], "params_dense": count_params(model)[0],
+               "macs": compression_metrics(small, dm.input_shape)["macs_dense"],
+               "macs_dense": compression_metrics(model, dm.input_shape)["macs_dense"]}
+    for batch, repeats in ((1, 50), (256, 10)):
+        # Alternated rounds: on a shared CPU a slow spell then hits both models alike.
+        dense, shrunk = [], []
+        for _ in range(5):
+            dense.append(latency_ms(model, dm.input_shape, batch, repeats))
+            shrunk.append(latency_ms(small, dm.input_shape, batch, repeats))
+        figures[f"latency_ms_batch{batch}"] = statistics.median(shrunk)
+        figures[f"latency_ms_batch{batch}_dense"] = statistics.median(dense)
+        figures[f"speedup_batch{batch}"] = statistics.median(dense) / statistics.median(shrunk)
+    log.info("shrunk model: %d -> %d params, %.2fx faster at batch 256, max |diff| %.2g -> %s",
+             figures["params_dense"], figures["params"], figures["speedup_batch256"], diff, path)
+    return figures, path
 
 
 def _check_round_trip(path: Path, model) -> None:
