@@ -109,7 +109,7 @@ def test_iterative_quality_pruning_raises_the_threshold_to_quality_times_the_sta
     model = mlp()
     w0 = model.net[1].weight.detach().clone()
     cb = CompressionCallback({"pipeline": ["prune"], "quality": 1.0, "schedule": "iterative", "rounds": 4,
-                              "prune_end": 1.0})
+                              "prune_end": 1.0}, submodule="model")
     fit(model, cb, epochs=2)
     assert [h["target"] for h in cb.history] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     oneshot = F.sparsity(w0 * (w0.abs() > w0.std()))
@@ -183,7 +183,7 @@ def test_qat_at_the_default_finetuning_lr_moves_weights_off_their_post_training_
     post = build_model({"arch": "mlp", "hidden": [30, 20]}, (1, 8, 8), 10)
     post.load_state_dict(model.state_dict())
     quantize_(post, bits=2)
-    cb = CompressionCallback({"pipeline": ["quantize"], "bits": 2})
+    cb = CompressionCallback({"pipeline": ["quantize"], "bits": 2}, submodule="model")
     fit(model, cb, epochs=1, lr=1e-4)  # the default fine-tuning lr: a tenth of the baseline's 1e-3
     assert set(quantization_of(model)) == set(quantization_of(post))
     changed = sum(int((a != b).sum()) for a, b in zip(

@@ -61,9 +61,15 @@ def check(config: dict, conf_dir: Path = CONF_DIR) -> None:
             raise ConfigError(f"unknown config key {prefix}{key}: nothing reads it{hint}")
 
 
+# Mappings whose keys are the user's own (parameter-name patterns): the compression config checks
+# their settings (compression/layers.py), so they count as one leaf here.
+FREE_FORM = (("method", "layers"), ("method", "compress", "layers"))
+
+
 def leaves(node, path: tuple = ()):
-    """Paths (tuples of keys) of the leaves of a nested dict; lists and empty dicts are leaves."""
-    if isinstance(node, dict) and node:
+    """Paths (tuples of keys) of the leaves of a nested dict; lists, empty dicts and the FREE_FORM
+    mappings are leaves."""
+    if isinstance(node, dict) and node and path not in FREE_FORM:
         for k, v in node.items():
             yield from leaves(v, (*path, str(k)))
     elif path:
