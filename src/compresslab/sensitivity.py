@@ -28,7 +28,7 @@ def compressible_layers(model, exclude=()) -> list[str]:
 
 def layers_of_config(cfg: DictConfig) -> list[str]:
     """The compressible layers of the model `cfg` describes, on its data (shapes only matter)."""
-    from compresslab.job import build_datamodule
+    from compresslab.data import build_datamodule
     from compresslab.models import build_model
 
     dm = build_datamodule(cfg)

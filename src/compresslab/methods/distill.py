@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from compresslab import checks, reuse
 from compresslab.checkpoint import save_model
 from compresslab.compression import CompressionCallback, parse, save_artifact, verify
+from compresslab.data import build_datamodule
 from compresslab.errors import CheckpointError, ConfigError
 from compresslab.methods.baseline import _plain, check_recipe, model_spec, obtain_trained, train_classifier
 from compresslab.metrics import (compression_metrics, count_params, prediction_agreement, size_fp32_bytes,
@@ -90,8 +91,6 @@ def teacher_run_cfg(cfg):
 
 def obtain_teacher(cfg, dm):
     """(teacher model, its checkpoint path): loaded from method.teacher.ckpt, else trained once."""
-    from compresslab.job import build_datamodule  # here: compresslab.job imports the methods
-
     teacher = cfg.method.teacher
     ckpt = teacher.get("ckpt")
     if ckpt:  # the checkpoint describes its own architecture; data shape and classes are checked
