@@ -19,10 +19,11 @@ import pytorch_lightning as pl
 from compresslab import checks
 from compresslab.checkpoint import save_model
 from compresslab.compression import CompressionCallback, load_artifact, parse, save_artifact, verify
+from compresslab.configs import to_plain
 from compresslab.data import derived_seed
 from compresslab.errors import CheckpointError, ConfigError
 from compresslab.loggers import wandb_run
-from compresslab.methods.baseline import _plain, check_recipe, obtain_trained
+from compresslab.methods.baseline import check_recipe, obtain_trained
 from compresslab.metrics import compression_metrics, latency_ms, size_fp32_bytes, state_dict_bytes
 from compresslab.modules import Classifier
 from compresslab.sensitivity import compressible_layers
@@ -60,7 +61,7 @@ def stage_epochs(c, name: str) -> int:
 
 def finetune_recipe(cfg) -> dict:
     """The baseline's optimizer with the fine-tuning lr and weight decay."""
-    opt = _plain(cfg.train.optimizer)
+    opt = to_plain(cfg.train.optimizer)
     m = cfg.method
     opt["lr"] = m.finetune_lr if m.get("finetune_lr") is not None else opt["lr"] / 10
     if m.get("finetune_weight_decay") is not None:
@@ -116,7 +117,7 @@ def steps(job):
     final = yield Evaluate(cfg, module(model), dm)
     figures = compression_metrics(model, dm.input_shape)
     artifact = job.out_dir / ARTIFACT_FILE
-    artifact_bytes = save_artifact(artifact, model, _plain(cfg.model), dm.input_shape, dm.num_classes,
+    artifact_bytes = save_artifact(artifact, model, to_plain(cfg.model), dm.input_shape, dm.num_classes,
                                    cfg.data.name)
     _check_round_trip(artifact, model)
     dense_bytes = state_dict_bytes(model)
@@ -129,7 +130,7 @@ def steps(job):
                "artifact_bytes": artifact_bytes, "state_dict_bytes": dense_bytes,
                "artifact_ratio": dense_bytes / artifact_bytes, "stages": stages}
     model_path = job.out_dir / "model.pt"
-    save_model(model_path, model, _plain(cfg.model), dm.input_shape, dm.num_classes, cfg.data.name,
+    save_model(model_path, model, to_plain(cfg.model), dm.input_shape, dm.num_classes, cfg.data.name,
                {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     _summarize_layers(job.loggers, figures["layers"])
     return metrics, {"checkpoint": str(model_path), "artifact": str(artifact), "baseline": ckpt}
