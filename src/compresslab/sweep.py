@@ -135,8 +135,9 @@ def available_cores() -> int:
 
 
 def cap_threads(threads: int) -> None:
-    """Cap this process's torch, OpenMP and MKL threads (uncapped parallel jobs oversubscribe the
-    cores: GUIDE.md section 4). The variables also cover libraries and children started later."""
+    """Cap this process's torch, OpenMP and MKL threads: uncapped, every parallel job starts a thread
+    per core, and the jobs' threads then wait on each other instead of computing (docs/conventions.md).
+    The variables also cover libraries and children started later."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     import torch
