@@ -14,8 +14,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
-from compresslab.data import TensorBatches
-from compresslab.job import build_datamodule
+from compresslab.data import TensorBatches, build_datamodule
 from compresslab.models import build_model
 from compresslab.errors import ConfigError
 from compresslab.modules import Classifier, build_optimizer

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from compresslab import checks, keys, results
-from compresslab.data import TensorDataModule
+from compresslab.data import TensorDataModule, build_datamodule
 from compresslab.errors import CompresslabError, ConfigError, Interrupted, StorageError
 from compresslab.files import is_storage_error, storage_error
 from compresslab.loggers import finish, job_loggers
@@ -44,13 +44,6 @@ class Job:
     config: dict
     dm: TensorDataModule | None = None
     loggers: list = field(default_factory=list)
-
-
-def build_datamodule(cfg) -> TensorDataModule:
-    options = OmegaConf.to_container(cfg.data, resolve=True)
-    options.pop("_target_", None)
-    name = options.pop("name")
-    return TensorDataModule(name, seed=cfg.seed, **options)
 
 
 def apply_threads(cfg) -> None:

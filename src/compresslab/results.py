@@ -6,13 +6,13 @@ so this module is the schema's only definition (the README documents it for peop
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 from compresslab.files import atomic_write
+from compresslab.hashing import json_digest
 
 SCHEMA_VERSION = 1
 FILENAME = "result.json"
@@ -39,8 +39,7 @@ class SchemaError(ValueError):
 def config_hash(config: dict) -> str:
     """Hash of the resolved job config without its output paths and display settings."""
     kept = {k: v for k, v in config.items() if k not in NON_RESULT_KEYS}
-    blob = json.dumps(kept, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_digest(kept, 16, compact=True)
 
 
 def validate(record: dict) -> dict:

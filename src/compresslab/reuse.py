@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import TypeVar
 
 from compresslab.errors import CheckpointError
 from compresslab.files import atomic_write, set_aside
+from compresslab.hashing import json_digest
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ T = TypeVar("T")
 
 
 def key_of(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """The cache dir name of a trained model's spec."""
+    return json_digest(spec, 16)
 
 
 def cached_model_path(cache_dir: Path, kind: str, spec: dict) -> Path:

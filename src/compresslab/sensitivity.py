@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from compresslab.errors import ConfigError
 
@@ -28,12 +28,13 @@ def compressible_layers(model, exclude=()) -> list[str]:
 
 def layers_of_config(cfg: DictConfig) -> list[str]:
     """The compressible layers of the model `cfg` describes, on its data (shapes only matter)."""
-    from compresslab.job import build_datamodule
+    from compresslab.configs import to_plain
+    from compresslab.data import build_datamodule
     from compresslab.models import build_model
 
     dm = build_datamodule(cfg)
     dm.setup()
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), dm.input_shape, dm.num_classes)
+    model = build_model(to_plain(cfg.model), dm.input_shape, dm.num_classes)
     layers = compressible_layers(model, tuple(cfg.method.get("exclude") or ()))
     if not layers:
         raise ConfigError(f"sensitivity scan: model={cfg.model.name} has no compressible layer (no Linear "

@@ -26,6 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from compresslab import checks, reuse
+from compresslab.data import build_datamodule
 from compresslab.errors import CompresslabError, DivergedError, nonfinite
 from compresslab.files import atomic_write
 from compresslab.modules import Classifier
@@ -341,7 +342,7 @@ def train_missing_models(members: list[Member]) -> None:
 def trained_once_steps(cfg, model_cfg, train_cfg, directory: Path):
     """What a job on its own does to train a missing baseline or teacher (baseline.obtain_trained):
     seeded as the job is, on the job's data, into the cache dir."""
-    from compresslab.job import apply_threads, build_datamodule
+    from compresslab.job import apply_threads
     from compresslab.methods.baseline import train_classifier
 
     apply_threads(cfg)

@@ -16,7 +16,6 @@ Kept free of torch and Lightning imports: the entry point imports this before pa
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from omegaconf import OmegaConf
 
 from compresslab import results
 from compresslab.files import atomic_write
+from compresslab.hashing import json_digest, text_digest
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,11 @@ _SAFE = re.compile(r"[^A-Za-z0-9._,=+\-\[\]]")
 _MAX_DIRNAME = 120
 
 
-def short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
 def sweep_dirname(choice: str | None, overrides: list[str]) -> str:
     """`<sweep config or 'sweep'>-<hash of the command-line overrides>`: the same command, in any
     order, gives the same name."""
     kept = sorted(o for o in overrides if _key(o) not in NOT_IN_SWEEP_NAME)
-    return f"{choice or 'sweep'}-{short_hash(json.dumps(kept))}"
+    return f"{choice or 'sweep'}-{json_digest(kept, 8)}"
 
 
 def _key(override: str) -> str:
@@ -78,7 +74,7 @@ def job_dirname(job_overrides: list[str], fixed: list[str]) -> str:
     if safe == name and len(safe) <= _MAX_DIRNAME:
         return safe
     # Replaced characters or a cut could make two jobs' names equal: the hash keeps them apart.
-    return f"{safe[:_MAX_DIRNAME - 9]}-{short_hash(name)}"
+    return f"{safe[:_MAX_DIRNAME - 9]}-{text_digest(name, 8)}"
 
 
 def register_resolvers() -> None:
@@ -139,8 +135,9 @@ def available_cores() -> int:
 
 
 def cap_threads(threads: int) -> None:
-    """Cap this process's torch, OpenMP and MKL threads (uncapped parallel jobs oversubscribe the
-    cores: GUIDE.md section 4). The variables also cover libraries and children started later."""
+    """Cap this process's torch, OpenMP and MKL threads: uncapped, every parallel job starts a thread
+    per core, and the jobs' threads then wait on each other instead of computing (docs/conventions.md).
+    The variables also cover libraries and children started later."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     import torch

@@ -1,5 +1,6 @@
 """The math of compression as pure tensor functions (no modules, no state): each is testable on a
-3x3 tensor. GUIDE.md section 2 says how the seed's formulas are read.
+3x3 tensor. docs/conventions.md states each formula as the project reads it (what clipping zeroes,
+how many weights pruning removes, the quantization grid).
 
 Masks are bool tensors shaped like the weight: True = kept, False = zeroed.
 """

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from compresslab import checks
+from compresslab.configs import to_plain
 from compresslab.data.sources import Arrays, load
 from compresslab.errors import ConfigError
 
@@ -212,3 +213,12 @@ class TensorDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._batches(self.x_test, self.y_test, self.eval_batch_size)
+
+
+def build_datamodule(cfg) -> TensorDataModule:
+    """The data module of a job config: `cfg.data` (its `name` picks the dataset, the other keys are
+    the module's arguments) with the job's `seed`."""
+    options = dict(to_plain(cfg.data))
+    options.pop("_target_", None)
+    name = options.pop("name")
+    return TensorDataModule(name, seed=cfg.seed, **options)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from compresslab import checks, reuse
 from compresslab.checkpoint import load_model, save_model
+from compresslab.configs import to_plain
 from compresslab.files import atomic_write
 from compresslab.metrics import count_params, size_fp32_bytes
 from compresslab.models import build_model
@@ -41,9 +40,9 @@ def check(cfg) -> None:
 def model_spec(cfg, model_cfg, train_cfg) -> dict:
     """What determines a trained model (the rule above): data as trained on, architecture, recipe,
     seed and the trainer settings that change the weights (precision, clipping, accumulation, ...)."""
-    data = {k: v for k, v in _plain(cfg.data).items() if k not in DATA_KEYS_NOT_IN_SPEC}
-    trainer = {k: v for k, v in _plain(cfg.trainer).items() if k not in TRAINER_KEYS_NOT_IN_SPEC}
-    return {"data": data, "model": _plain(model_cfg), "train": _plain(train_cfg), "trainer": trainer,
+    data = {k: v for k, v in to_plain(cfg.data).items() if k not in DATA_KEYS_NOT_IN_SPEC}
+    trainer = {k: v for k, v in to_plain(cfg.trainer).items() if k not in TRAINER_KEYS_NOT_IN_SPEC}
+    return {"data": data, "model": to_plain(model_cfg), "train": to_plain(train_cfg), "trainer": trainer,
             "seed": cfg.seed, "deterministic": bool(cfg.get("deterministic", False))}
 
 
@@ -51,8 +50,8 @@ def train_classifier(cfg, dm, model_cfg, train_cfg, out_dir: Path, loggers=(), c
     """Steps (compresslab.steps) that build, train and test one classifier and write its portable
     `model.pt` into `out_dir`; they return (module, metrics). `callbacks` join the fit (e.g. a
     CompressionCallback for a compressed student's scratch twin)."""
-    model = build_model(_plain(model_cfg), dm.input_shape, dm.num_classes)
-    module = Classifier(model, dm.num_classes, _plain(train_cfg.optimizer), _plain(train_cfg.scheduler),
+    model = build_model(to_plain(model_cfg), dm.input_shape, dm.num_classes)
+    module = Classifier(model, dm.num_classes, to_plain(train_cfg.optimizer), to_plain(train_cfg.scheduler),
                         train_cfg.epochs)
     fitted = yield Fit(cfg, module, dm, out_dir, train_cfg.epochs, loggers, callbacks)
     scores = yield Evaluate(cfg, module, dm)
@@ -60,7 +59,7 @@ def train_classifier(cfg, dm, model_cfg, train_cfg, out_dir: Path, loggers=(), c
     total, nonzero = count_params(model)
     metrics.update(params_total=total, params_nonzero=nonzero, size_fp32_bytes=size_fp32_bytes(model))
     if is_rank_zero():
-        save_model(Path(out_dir) / reuse.MODEL_FILE, model, _plain(model_cfg), dm.input_shape,
+        save_model(Path(out_dir) / reuse.MODEL_FILE, model, to_plain(model_cfg), dm.input_shape,
                    dm.num_classes, cfg.data.name, metrics)
     return module, metrics
 
@@ -69,7 +68,7 @@ def obtain_trained(cfg, dm, model_cfg, train_cfg, kind: str, ckpt: str | None = 
     """The trained model a compressed or distilled job starts from: loaded from `ckpt` when given,
     else trained once per (data, model, recipe, seed) and shared by every job that asks."""
     def load(path: Path):
-        return load_model(path, dm.input_shape, dm.num_classes, cfg.data.name, _plain(model_cfg),
+        return load_model(path, dm.input_shape, dm.num_classes, cfg.data.name, to_plain(model_cfg),
                           role=f"{kind} checkpoint" if ckpt else f"cached {kind}")
 
     if ckpt:
@@ -110,7 +109,3 @@ def _publish(model_path: Path, cached: Path) -> None:
     if cached.exists():
         return
     atomic_write(cached, Path(model_path).read_bytes())
-
-
-def _plain(node):
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

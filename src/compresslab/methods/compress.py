@@ -25,10 +25,11 @@ from compresslab.compression import CompressionCallback, load_artifact, parse, p
 from compresslab.compression.export import artifact_sizes
 from compresslab.compression.layers import check_layers, layer_targets, prune_targets
 from compresslab.compression.shrink import ShrinkError, shrink
+from compresslab.configs import to_plain
 from compresslab.data import derived_seed
 from compresslab.errors import CheckpointError, ConfigError
 from compresslab.loggers import wandb_run
-from compresslab.methods.baseline import _plain, check_recipe, obtain_trained
+from compresslab.methods.baseline import check_recipe, obtain_trained
 from compresslab.metrics import compression_metrics, count_params, latency_ms, size_fp32_bytes, state_dict_bytes
 from compresslab.models import build_model
 from compresslab.modules import Classifier
@@ -68,7 +69,7 @@ def stage_epochs(c, name: str) -> int:
 
 def finetune_recipe(cfg) -> dict:
     """The baseline's optimizer with the fine-tuning lr and weight decay."""
-    opt = _plain(cfg.train.optimizer)
+    opt = to_plain(cfg.train.optimizer)
     m = cfg.method
     opt["lr"] = m.finetune_lr if m.get("finetune_lr") is not None else opt["lr"] / 10
     if m.get("finetune_weight_decay") is not None:
@@ -79,7 +80,7 @@ def finetune_recipe(cfg) -> dict:
 def check_model(cfg, dm, c) -> None:
     """The checks that need the model, before any training: the layer patterns, and that a
     structured export can follow this model (a dry run on a freshly built one)."""
-    fresh = build_model(_plain(cfg.model), dm.input_shape, dm.num_classes)
+    fresh = build_model(to_plain(cfg.model), dm.input_shape, dm.num_classes)
     check_layers(fresh, c)
     if "prune" in c.pipeline and c.structure == "neuron" and c.shrink:
         prune_(fresh, c.rate, structure="neuron", include=[re.escape(n) for n in prune_targets(fresh, c)])
@@ -142,7 +143,7 @@ def steps(job):
     for lay in figures["layers"]:
         lay["target"] = asked.get(f"{lay['name']}.weight" if lay["name"] else "weight", {})
     artifact = job.out_dir / ARTIFACT_FILE
-    save_artifact(artifact, model, _plain(cfg.model), dm.input_shape, dm.num_classes, cfg.data.name)
+    save_artifact(artifact, model, to_plain(cfg.model), dm.input_shape, dm.num_classes, cfg.data.name)
     _check_round_trip(artifact, model)
     sizes = artifact_sizes(artifact)
     dense_bytes = state_dict_bytes(model)
@@ -162,7 +163,7 @@ def steps(job):
                "paper_ratio_before_huffman": size_fp32_bytes(model) / sizes["paper_bytes_before_huffman"],
                **({"shrunk": shrunk} if shrunk else {}), "stages": stages}
     model_path = job.out_dir / "model.pt"
-    save_model(model_path, model, _plain(cfg.model), dm.input_shape, dm.num_classes, cfg.data.name,
+    save_model(model_path, model, to_plain(cfg.model), dm.input_shape, dm.num_classes, cfg.data.name,
                {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     _summarize_layers(job.loggers, figures["layers"])
     return metrics, {"checkpoint": str(model_path), **paths, "baseline": ckpt}
@@ -184,7 +185,7 @@ def shrunk_export(model, c, cfg, dm, path: Path) -> tuple[dict, Path]:
     and its figures beside the dense model's: parameters, MACs, CPU latency at batch 1 and 256."""
     x = dm.x_test[:2048].float().cpu()
     small, sizes, diff = _shrunk(model, c, dm.input_shape, x)
-    save_artifact(path, small, _plain(cfg.model), dm.input_shape, dm.num_classes, cfg.data.name, sizes)
+    save_artifact(path, small, to_plain(cfg.model), dm.input_shape, dm.num_classes, cfg.data.name, sizes)
     loaded = load_artifact(path)
     with torch.no_grad():
         if not torch.equal(loaded(x), small(x)):

@@ -19,8 +19,10 @@ from omegaconf.errors import OmegaConfBaseException
 from compresslab import checks, reuse
 from compresslab.checkpoint import save_model
 from compresslab.compression import CompressionCallback, parse, save_artifact, verify
+from compresslab.configs import to_plain
+from compresslab.data import build_datamodule
 from compresslab.errors import CheckpointError, ConfigError
-from compresslab.methods.baseline import _plain, check_recipe, model_spec, obtain_trained, train_classifier
+from compresslab.methods.baseline import check_recipe, model_spec, obtain_trained, train_classifier
 from compresslab.metrics import (compression_metrics, count_params, prediction_agreement, size_fp32_bytes,
                                  state_dict_bytes)
 from compresslab.models import build_model, check_model_config
@@ -38,7 +40,7 @@ _TEACHER_RUN_KEYS = ("ckpt", "train", "data", "seed")
 
 def teacher_model_cfg(teacher) -> dict:
     """The teacher's model config: `method.teacher` without its checkpoint, recipe, data and seed."""
-    return {k: v for k, v in _plain(teacher).items() if k not in _TEACHER_RUN_KEYS}
+    return {k: v for k, v in to_plain(teacher).items() if k not in _TEACHER_RUN_KEYS}
 
 
 def check(cfg) -> None:
@@ -70,7 +72,7 @@ def teacher_run_cfg(cfg):
     into `data` (e.g. shift_px=2: Hinton et al. jittered the teacher's inputs, not the student's)
     and `method.teacher.seed` as `seed` (one teacher can serve students of several seeds)."""
     teacher = cfg.method.teacher
-    overrides = _plain(teacher.get("data")) or {}
+    overrides = to_plain(teacher.get("data")) or {}
     unknown = sorted(set(overrides) - set(cfg.data))
     if unknown:
         raise ConfigError(f"method.teacher.data has keys {unknown} that data={cfg.data.name} does not "
@@ -90,8 +92,6 @@ def teacher_run_cfg(cfg):
 
 def obtain_teacher(cfg, dm):
     """(teacher model, its checkpoint path): loaded from method.teacher.ckpt, else trained once."""
-    from compresslab.job import build_datamodule  # here: compresslab.job imports the methods
-
     teacher = cfg.method.teacher
     ckpt = teacher.get("ckpt")
     if ckpt:  # the checkpoint describes its own architecture; data shape and classes are checked
@@ -144,7 +144,7 @@ def steps(job):
     compression = compression_of(cfg)
     teacher, teacher_ckpt = obtain_teacher(cfg, dm)
     teacher.eval().requires_grad_(False)
-    optimizer, scheduler = _plain(cfg.train.optimizer), _plain(cfg.train.scheduler)
+    optimizer, scheduler = to_plain(cfg.train.optimizer), to_plain(cfg.train.scheduler)
     teacher_acc = (yield Evaluate(cfg, Classifier(teacher, dm.num_classes, optimizer), dm))["test_acc"]
 
     extra = {}
@@ -158,7 +158,7 @@ def steps(job):
         extra = {"scratch_test_acc": scratch["test_acc"], "scratch_train_time_s": scratch["train_time_s"]}
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    student = build_model(_plain(cfg.model), dm.input_shape, dm.num_classes)
+    student = build_model(to_plain(cfg.model), dm.input_shape, dm.num_classes)
     module = Distiller(student, teacher, dm.num_classes, optimizer, scheduler, cfg.train.epochs,
                        temperature=method.temperature, soft_weight=method.soft_weight)
     # Without augmentation every epoch shows the teacher the same inputs: run it once, not per batch.
@@ -186,7 +186,7 @@ def steps(job):
     if compression is not None:
         metrics.update(compressed_student_metrics(student, compression, cfg, dm, job.out_dir / ARTIFACT_FILE))
         paths["artifact"] = str(job.out_dir / ARTIFACT_FILE)
-    model_path = save_model(job.out_dir / reuse.MODEL_FILE, student, _plain(cfg.model), dm.input_shape,
+    model_path = save_model(job.out_dir / reuse.MODEL_FILE, student, to_plain(cfg.model), dm.input_shape,
                             dm.num_classes, cfg.data.name,
                             {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics, {"checkpoint": str(model_path), **paths}
@@ -195,7 +195,7 @@ def steps(job):
 def compressed_student_metrics(student, compression, cfg, dm, artifact: Path) -> dict:
     """Targets checked (a miss fails the job), the compression figures and the artifact's size."""
     measured = verify(student, compression, list(compression.pipeline))
-    artifact_bytes = save_artifact(artifact, student, _plain(cfg.model), dm.input_shape, dm.num_classes,
+    artifact_bytes = save_artifact(artifact, student, to_plain(cfg.model), dm.input_shape, dm.num_classes,
                                    cfg.data.name)
     dense_bytes = state_dict_bytes(student)
     return {**compression_metrics(student, dm.input_shape), "measured": measured,

@@ -1,6 +1,6 @@
 """Knowledge distillation (Hinton et al. 2015): a student learns from a frozen teacher's soft targets.
 
-Convention (GUIDE.md section 2): `soft_weight` = alpha weights the soft term,
+Convention (docs/conventions.md): `soft_weight` = alpha weights the soft term,
 
     loss = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(y, z_s)
 
