@@ -29,11 +29,14 @@ from compresslab import checks, reuse
 from compresslab.data import build_datamodule
 from compresslab.errors import CompresslabError, DivergedError, nonfinite
 from compresslab.files import atomic_write
+from compresslab.job import apply_threads, job_steps
+from compresslab.methods.baseline import baseline_spec, train_classifier
+from compresslab.methods.distill import teacher_spec
 from compresslab.modules import Classifier
 from compresslab.modules.distill import Distiller
 from compresslab.modules.stacked import StackedBatches, StackedClassifier
 from compresslab.steps import Evaluate, Fit
-from compresslab.training import rng_states, set_rng_states
+from compresslab.training import make_trainer, rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +238,6 @@ def together_key(request) -> tuple | None:
 def stacked_fit(requests: list[Fit]) -> list:
     """Train the K requests' modules as one StackedClassifier; each gets training.fit's result
     ({val_acc, train_time_s}: its share of the stack's time) or its own error."""
-    from compresslab.training import make_trainer
-
     k, first = len(requests), requests[0]
     cfg = first.cfg
     module = StackedClassifier([r.module.model for r in requests], first.dm.num_classes,
@@ -317,9 +318,6 @@ def stacked_evaluate(requests: list[Evaluate]) -> list:
 def train_missing_models(members: list[Member]) -> None:
     """Train, as stacks, the trained-once baselines and teachers that the members need and the
     cache lacks; the jobs then find them cached, as if an earlier job had trained them."""
-    from compresslab.methods.baseline import baseline_spec
-    from compresslab.methods.distill import teacher_spec
-
     for kind, spec_of in (("baseline", baseline_spec), ("teacher", teacher_spec)):
         wanted = {}
         for m in members:
@@ -342,9 +340,6 @@ def train_missing_models(members: list[Member]) -> None:
 def trained_once_steps(cfg, model_cfg, train_cfg, directory: Path):
     """What a job on its own does to train a missing baseline or teacher (baseline.obtain_trained):
     seeded as the job is, on the job's data, into the cache dir."""
-    from compresslab.job import apply_threads
-    from compresslab.methods.baseline import train_classifier
-
     apply_threads(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
@@ -357,8 +352,6 @@ def trained_once_steps(cfg, model_cfg, train_cfg, directory: Path):
 
 def run_stack(members: list[Member], label: str) -> list[dict]:
     """Run `members` as one stack; returns their records (each also written to its job dir)."""
-    from compresslab.job import job_steps
-
     train_missing_models(members)
     gens = [job_steps(m.cfg, m.out_dir, m.overrides, m.run_name, m.group,
                       stack={"id": label, "size": len(members), "slot": slot})
