@@ -3,7 +3,8 @@
 the default (sequential) launcher and with `hydra/launcher=stacked`, run side by side.
 
     python scripts/bench_stacked.py                 # CPU: 16 MNIST-1D MLP jobs, 8 LeNet-300-100 jobs
-    python scripts/bench_stacked.py --quick         # smaller sweeps, to check the section works
+    python scripts/bench_stacked.py --quick         # smaller sweeps
+    python scripts/bench_stacked.py --smoke         # one tiny sweep: checks that the section runs
     python scripts/bench_stacked.py --device cuda --gpu-points 64,256
 
 Each workload is a prune-rate x seed sweep from scratch (its baselines included) in a fresh project
@@ -27,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def workloads(quick: bool, device: str, gpu_points: list[int]) -> list[dict]:
+def workloads(quick: bool, device: str, gpu_points: list[int], smoke: bool = False) -> list[dict]:
     """Sweeps to time: name, overrides, and the model-epochs they train."""
     def prune_sweep(name, base, rates, seeds, epochs, finetune, extra=()):
         jobs, baselines = len(rates) * len(seeds), len(seeds)
@@ -42,6 +43,9 @@ def workloads(quick: bool, device: str, gpu_points: list[int]) -> list[dict]:
         return [prune_sweep(f"LeNet-300-100 MNIST, {n} points (GPU)", [*lenet, "trainer=gpu"],
                             [round(0.5 + 0.45 * i / max(1, n // 4 - 1), 4) for i in range(n // 4)], range(4),
                             2, 2, [f"hydra.launcher.max_models={n}"]) for n in gpu_points]
+    if smoke:  # seconds: checks that the section runs, measures nothing worth reading
+        return [prune_sweep("synthetic MLP, 2 jobs (smoke)", ["data=synthetic", "model=mlp", "model.hidden=[16]",
+                                                              "logger.wandb.enabled=false"], (0.5, 0.9), (0,), 1, 1)]
     if quick:
         return [prune_sweep("MNIST-1D MLP, 4 jobs (quick)", mlp, (0.5, 0.9), (0, 1), 2, 1),
                 prune_sweep("LeNet-300-100 MNIST, 2 jobs (quick)", [*lenet, "data.max_train=4096"], (0.5, 0.9), (0,), 1, 1)]
@@ -62,13 +66,15 @@ def run_sweep(overrides: list[str], launcher: str, timeout: int = 5400) -> dict:
             raise RuntimeError(f"{launcher} sweep failed ({proc.returncode}): {proc.stderr[-1500:]}")
         recs = [json.loads(p.read_text()) for p in Path(root, "outputs", "sweeps").rglob("result.json")]
     accs = sorted(r["metrics"]["test_acc"] for r in recs if r["status"] == "ok")
-    return {"wall_s": wall, "records": len(recs), "ok": len(accs),
+    # The jobs' own training (fine-tuning) time; a stacked job's is its share of its stack's.
+    train_s = sum(r["metrics"].get("train_time_s") or 0.0 for r in recs if r["status"] == "ok")
+    return {"wall_s": wall, "records": len(recs), "ok": len(accs), "finetune_train_s": train_s,
             "test_acc_median": accs[len(accs) // 2] if accs else None}
 
 
 def bench_stacked(args) -> dict:
     rows = []
-    for w in workloads(args.quick, args.device, args.gpu_points):
+    for w in workloads(args.quick, args.device, args.gpu_points, getattr(args, "smoke", False)):
         row = {"workload": w["name"], "jobs": w["jobs"], "model_epochs": w["model_epochs"]}
         launchers = ("stacked",) if args.device == "cuda" else ("basic", "stacked")
         for launcher in launchers:
@@ -86,7 +92,8 @@ def markdown_rows(section: dict) -> list[str]:
              "Targets (CPU): the 16-job MNIST-1D sweep ≥ 5× faster stacked, the 8-job LeNet-300-100 sweep ≥ 1.5×. "
              "Each sweep runs from scratch (baselines included) in a fresh root, both launchers back to back.", "",
              "| sweep | jobs | model-epochs | sequential | stacked | speedup | model-epochs/s (seq → stacked) | "
-             "records ok | median test acc (seq / stacked) |", "|---|---|---|---|---|---|---|---|---|"]
+             "fine-tuning time, sum over jobs (seq → stacked) | records ok | median test acc (seq / stacked) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     def fmt(value, spec: str) -> str:
         return "—" if value is None else format(value, spec)
 
@@ -95,6 +102,7 @@ def markdown_rows(section: dict) -> list[str]:
         lines.append(f"| {r['workload']} | {r['jobs']} | {r['model_epochs']} | {fmt(seq.get('wall_s'), '.1f')} s | "
                      f"{st['wall_s']:.1f} s | **{fmt(r.get('speedup'), '.2f')}×** | "
                      f"{fmt(seq.get('model_epochs_per_s'), '.2f')} → {st['model_epochs_per_s']:.2f} | "
+                     f"{fmt(seq.get('finetune_train_s'), '.1f')} s → {st['finetune_train_s']:.1f} s | "
                      f"{st['ok']}/{st['records']} | {fmt(seq.get('test_acc_median'), '.4f')} / "
                      f"{fmt(st['test_acc_median'], '.4f')} |")
     return lines + [""]
@@ -103,6 +111,7 @@ def markdown_rows(section: dict) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="one tiny sweep: checks the section runs")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--gpu-points", type=lambda s: [int(x) for x in s.split(",")], default=[64, 256])
     p.add_argument("--json", help="also write the figures to this file")

@@ -32,3 +32,15 @@ def test_quick_benchmark_writes_ratios_and_tables_without_touching_benchmarks_md
     md = (run / "benchmark.md").read_text()
     assert "Per-epoch training time vs a hand-written loop" in md and "Inference latency" in md
     assert (REPO / "BENCHMARKS.md").read_bytes() == before
+
+
+def test_stacked_benchmark_runs_a_sweep_with_both_launchers_and_reports_the_ratio(workdir):
+    out = workdir / "stacked.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_stacked.py"), "--smoke", "--json", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    for launcher in ("basic", "stacked"):
+        assert row[launcher]["ok"] == row[launcher]["records"] == 2
+    assert row["speedup"] == row["basic"]["wall_s"] / row["stacked"]["wall_s"]
+    assert "| synthetic MLP, 2 jobs (smoke) | 2 |" in proc.stdout

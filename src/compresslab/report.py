@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compresslab import results, stats
+from compresslab.configs import flatten
 from compresslab.sweep import scan
 
 # Config keys a config's repeats differ in: mean ± std is taken over them (a repeated k-fold
@@ -75,17 +76,6 @@ def pareto_front(points: list[tuple[float, float]], x_higher_better: bool) -> li
                 and (sign * q[0] > sign * p[0] or q[1] > p[1]))
 
     return [not any(dominates(q, p) for q in points if q is not p) for p in points]
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else value
-    return flat
 
 
 def is_repeat_key(key: str) -> bool:
@@ -550,25 +540,32 @@ def plot_curves(groups: list[Group], path: Path) -> bool:
     curves = accuracy_curves(groups)
     if not curves:
         return False
+    xs = [x for points in curves.values() for x, _ in points]
+    _curves_figure(curves, groups, path, "compression ratio (params / nonzero params)",
+                   "accuracy vs compression: mean and 95% interval over seeds/folds", log_x=log_axis(xs))
+    return True
+
+
+def _curves_figure(curves: dict, groups: list[Group], path: Path, xlabel: str, title: str,
+                   log_x: bool = False, legend_title: str | None = None) -> None:
+    """Test accuracy curves with their 95% bands, the dense control as a band, saved to `path`."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.6), dpi=120)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, points) in enumerate(curves.items()):
         _band(ax, [x for x, _ in points], [iv for _, iv in points], colors[i % len(colors)], label)
     _dense_band(ax, dense_control(groups))
-    xs = [x for points in curves.values() for x, _ in points]
-    if log_axis(xs):
+    if log_x:
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(_ratio_formatter())
-    ax.set_xlabel("compression ratio (params / nonzero params)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("accuracy vs compression: mean and 95% interval over seeds/folds", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both" if log_x else "major")
+    ax.legend(fontsize=8, loc="lower left", title=legend_title, title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return True
 
 
 def log_axis(xs) -> bool:
@@ -588,21 +585,10 @@ def plot_sensitivity(groups: list[Group], path: Path) -> bool:
     key, curves = sensitivity_curves(groups)
     if not curves:
         return False
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.0, 4.6), dpi=120)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (layer, points) in enumerate(curves.items()):
-        _band(ax, [x for x, _ in points], [iv for _, iv in points], colors[i % len(colors)], layer)
-    _dense_band(ax, dense_control(groups))
-    ax.set_xlabel({"method.rate": "fraction of the layer's weights pruned (method.rate)",
-                   "method.bits": "bits of the layer's weights (method.bits)"}.get(key, key))
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("sensitivity: one layer compressed, the others dense", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left", title="layer", title_fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    xlabel = {"method.rate": "fraction of the layer's weights pruned (method.rate)",
+              "method.bits": "bits of the layer's weights (method.bits)"}.get(key, key)
+    _curves_figure(curves, groups, path, xlabel, "sensitivity: one layer compressed, the others dense",
+                   legend_title="layer")
     return True
 
 

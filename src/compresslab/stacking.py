@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from compresslab.configs import flatten
+
 STACKABLE_KEYS = ("seed", "data.cv.fold", "method.rate", "method.threshold", "method.bits", "method.scale",
                   "method.soft_weight", "method.temperature", "train.optimizer.lr",
                   "train.optimizer.weight_decay",
@@ -25,18 +27,6 @@ NOT_COMPARED = ("paths", "logger", "force", "tags")
 # Architectures whose stacked form would be wrong or slow (vmap has no per-model running statistics).
 NO_STACKED_FORM = {"resnet": "its BatchNorm running statistics have no stacked form",
                    "mnist1d_gru": "its GRU has no stacked form under vmap"}
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    """{'a.b': value} for every leaf of a nested config (lists are leaves)."""
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def stack_key(config: dict) -> str:
@@ -97,5 +87,5 @@ def nearest_difference(configs: list[dict], i: int, others: Iterable[int]) -> st
             best = differ
     if not best:
         return "no other job of the sweep to stack with"
-    shown = ", ".join(f"{k}={mine.get(k)!r}" for k in best[:3])
+    shown = ", ".join(f"{k}={mine.get(k)}" for k in best[:3])
     return f"{shown} differs from every other job" + (f" (and {len(best) - 3} more keys)" if len(best) > 3 else "")

@@ -79,16 +79,18 @@ def finetune_recipe(cfg) -> dict:
 
 def check_model(cfg, dm, c) -> None:
     """The checks that need the model, before any training: the layer patterns, and that a
-    structured export can follow this model (a dry run on a freshly built one)."""
-    fresh = build_model(to_plain(cfg.model), dm.input_shape, dm.num_classes)
-    check_layers(fresh, c)
-    if "prune" in c.pipeline and c.structure == "neuron" and c.shrink:
-        prune_(fresh, c.rate, structure="neuron", include=[re.escape(n) for n in prune_targets(fresh, c)])
-        try:
-            _shrunk(fresh, c, dm.input_shape, torch.randn(8, *dm.input_shape))
-        except ShrinkError as e:
-            raise ConfigError(f"method.shrink: {e}; set method.shrink=false to keep the pruned model "
-                              "masked, full-sized") from e
+    structured export can follow this model (a dry run on a freshly built one). It draws nothing
+    from the job's random numbers: the baseline trained next starts from the weights the seed gives."""
+    with torch.random.fork_rng():
+        fresh = build_model(to_plain(cfg.model), dm.input_shape, dm.num_classes)
+        check_layers(fresh, c)
+        if "prune" in c.pipeline and c.structure == "neuron" and c.shrink:
+            prune_(fresh, c.rate, structure="neuron", include=[re.escape(n) for n in prune_targets(fresh, c)])
+            try:
+                _shrunk(fresh, c, dm.input_shape, torch.randn(8, *dm.input_shape))
+            except ShrinkError as e:
+                raise ConfigError(f"method.shrink: {e}; set method.shrink=false to keep the pruned model "
+                                  "masked, full-sized") from e
 
 
 def steps(job):

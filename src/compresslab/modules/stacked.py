@@ -182,21 +182,18 @@ class StackedClassifier(pl.LightningModule):
 
     def alias_models(self) -> None:
         """Make each model's parameters views of its slice of the stacked tensors."""
-        stacked = self.params()
-        for k, model in enumerate(self.models):
-            for name, _ in list(model.named_parameters()):
-                owner, _, attr = name.rpartition(".")
-                module = model.get_submodule(owner) if owner else model
-                setattr(module, attr, nn.Parameter(stacked[name].detach()[k], requires_grad=False))
+        self._give_models(lambda t: nn.Parameter(t, requires_grad=False))
 
     def release_models(self) -> None:
         """Give each model its own (CPU) tensors again, with the trained values."""
+        self._give_models(lambda t: nn.Parameter(t.cpu().clone()))
+
+    def _give_models(self, parameter) -> None:
         stacked = self.params()
         for k, model in enumerate(self.models):
             for name, _ in list(model.named_parameters()):
                 owner, _, attr = name.rpartition(".")
-                module = model.get_submodule(owner) if owner else model
-                setattr(module, attr, nn.Parameter(stacked[name].detach()[k].cpu().clone()))
+                setattr(model.get_submodule(owner) if owner else model, attr, parameter(stacked[name].detach()[k]))
 
     def per_model_losses(self, logits: torch.Tensor, y: torch.Tensor,
                          teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
